@@ -1,0 +1,1 @@
+"""Federated authoritative DNS with GSLB strategies (DESIGN §6)."""

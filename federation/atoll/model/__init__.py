@@ -1,0 +1,76 @@
+"""The resource model (DESIGN §3): one frozen pydantic schema per kind.
+
+The same schema is what the store holds (JSON bytes), what the REST API
+accepts and returns, and what the sync protocol carries. Every resource is
+``{kind, metadata, spec, status}``; its store key follows from its kind and its
+identifying path (see :meth:`Resource.path`).
+"""
+
+from atoll.model.base import (
+    KINDS,
+    Condition,
+    Metadata,
+    Resource,
+    decode,
+    encode,
+    kind_by_name,
+    kind_by_plural,
+    store_key,
+    store_prefix,
+)
+from atoll.model.cluster import (
+    AdminState,
+    Cluster,
+    ClusterSpec,
+    ClusterStatus,
+    Region,
+    RegionSpec,
+)
+from atoll.model.names import DnsLabel, validate_label
+from atoll.model.policy import Strategy, TrafficPolicy, TrafficPolicySpec
+from atoll.model.service import (
+    Endpoint,
+    ImportTarget,
+    PortConflict,
+    ServiceExport,
+    ServiceExportSpec,
+    ServiceExportStatus,
+    ServiceImport,
+    ServiceImportSpec,
+    ServiceImportStatus,
+    ServicePort,
+)
+
+__all__ = [
+    "KINDS",
+    "AdminState",
+    "Cluster",
+    "ClusterSpec",
+    "ClusterStatus",
+    "Condition",
+    "DnsLabel",
+    "Endpoint",
+    "ImportTarget",
+    "Metadata",
+    "PortConflict",
+    "Region",
+    "RegionSpec",
+    "Resource",
+    "ServiceExport",
+    "ServiceExportSpec",
+    "ServiceExportStatus",
+    "ServiceImport",
+    "ServiceImportSpec",
+    "ServiceImportStatus",
+    "ServicePort",
+    "Strategy",
+    "TrafficPolicy",
+    "TrafficPolicySpec",
+    "decode",
+    "encode",
+    "kind_by_name",
+    "kind_by_plural",
+    "store_key",
+    "store_prefix",
+    "validate_label",
+]

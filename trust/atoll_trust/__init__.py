@@ -1,0 +1,1 @@
+"""SPIFFE trust: identities, CAs, SVIDs, bundles, the Workload API (DESIGN §7)."""
