@@ -1,1 +1,1 @@
-"""Test helpers that ship with the package: launchers for real servers (etcd, redis), fakes for unit tests."""
+"""Test helpers shipped with the package: launchers for real servers, fakes for unit tests."""

@@ -1,0 +1,1 @@
+"""The ``atoll`` command line (Typer + Rich). Entry point: :data:`atoll.cli.main.app`."""
