@@ -17,7 +17,7 @@ CAS, 503 when the store is unavailable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
@@ -74,7 +74,7 @@ class ApiContext:
     liveness: Liveness
     server_id: str
     nodes: Callable[[], list[NodeStatus]]
-    leader: Callable[[], Awaitable[str | None]]
+    leader: Callable[[], str | None]
     is_leader: Callable[[], bool]
     ready: Callable[[], bool]
 
@@ -298,7 +298,7 @@ def build_app(ctx: ApiContext) -> FastAPI:
         imports, _ = await repo.list(ServiceImport)
         return StatusView(
             server_id=ctx.server_id,
-            leader=await ctx.leader(),
+            leader=ctx.leader(),
             is_leader=ctx.is_leader(),
             store_revision=revision,
             clusters=[await cluster_view(c) for c in clusters],

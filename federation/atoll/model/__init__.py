@@ -8,6 +8,7 @@ identifying path (see :meth:`Resource.path`).
 
 from atoll.model.base import (
     KINDS,
+    ROOT,
     Condition,
     Metadata,
     Resource,
@@ -43,6 +44,7 @@ from atoll.model.service import (
 
 __all__ = [
     "KINDS",
+    "ROOT",
     "AdminState",
     "Cluster",
     "ClusterSpec",

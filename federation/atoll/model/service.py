@@ -49,7 +49,9 @@ class ServicePort(Frozen):
 
 class Endpoint(Frozen):
     address: IPv4Address | IPv6Address
-    port: int | None = Field(None, ge=1, le=65535, description="target port if not the service port")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="target port if not the service port"
+    )
     healthy: bool = True
     zone: str | None = Field(None, max_length=63)
 

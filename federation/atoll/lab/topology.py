@@ -1,0 +1,197 @@
+"""The lab's shape, decided purely from a few options.
+
+Each cluster gets its own loopback address ``<prefix>.<n>.1`` (any 127.x.y.z
+works on Linux without setup), so every component of a cluster can use the
+same well-known port and addresses tell clusters apart — as they would on real
+networks. The control plane lives on ``<prefix>.0.1``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from atoll.errors import InvalidError
+
+__all__ = [
+    "DEMO_NAMESPACE",
+    "ClusterPlan",
+    "DemoInstance",
+    "DemoService",
+    "LabPlan",
+    "RegionPlan",
+    "plan_lab",
+]
+
+DEMO_NAMESPACE = "demo"
+
+
+@dataclass(frozen=True, slots=True)
+class RegionPlan:
+    name: str
+    display_name: str
+    latitude: float
+    longitude: float
+
+
+#: the lab's regions, in cluster order; coordinates of the cities named
+REGIONS = (
+    RegionPlan("eu-west", "Dublin", 53.35, -6.26),
+    RegionPlan("us-east", "Ashburn", 39.04, -77.49),
+    RegionPlan("ap-south", "Mumbai", 19.08, 72.88),
+    RegionPlan("sa-east", "Sao Paulo", -23.55, -46.63),
+    RegionPlan("af-south", "Cape Town", -33.92, 18.42),
+    RegionPlan("ap-northeast", "Tokyo", 35.68, 139.69),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoInstance:
+    id: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class DemoService:
+    name: str
+    port_name: str
+    port: int
+    instances: tuple[DemoInstance, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPlan:
+    name: str
+    region: str
+    zone: str
+    ip: str
+    registry_port: int
+    agent_port: int
+    state_dir: Path
+    services: tuple[DemoService, ...]
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://{self.ip}:{self.registry_port}"
+
+    @property
+    def agent_url(self) -> str:
+        return f"http://{self.ip}:{self.agent_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LabPlan:
+    prefix: str
+    state_dir: Path
+    control_ip: str
+    api_port: int
+    sync_port: int
+    lease_ttl: int
+    regions: tuple[RegionPlan, ...]
+    clusters: tuple[ClusterPlan, ...]
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.control_ip}:{self.api_port}"
+
+    @property
+    def sync_target(self) -> str:
+        return f"{self.control_ip}:{self.sync_port}"
+
+    @property
+    def store_url(self) -> str:
+        return f"sqlite://{self.store_path}"
+
+    @property
+    def store_path(self) -> Path:
+        return (self.state_dir / "control-plane" / "store.db").absolute()
+
+
+_PREFIX = re.compile(r"127\.(\d{1,3})")
+
+
+def _demo_services(ip: str) -> tuple[DemoService, ...]:
+    base = ip.rsplit(".", 1)[0]
+    return (
+        DemoService(
+            name="web",
+            port_name="http",
+            port=8080,
+            instances=(
+                DemoInstance("web-1", f"{base}.11", 8080),
+                DemoInstance("web-2", f"{base}.12", 8080),
+            ),
+        ),
+        DemoService(
+            name="api",
+            port_name="grpc",
+            port=9090,
+            instances=(
+                DemoInstance("api-1", f"{base}.21", 9090),
+                DemoInstance("api-2", f"{base}.22", 9090),
+            ),
+        ),
+    )
+
+
+def plan_lab(
+    *,
+    state_dir: Path,
+    prefix: str = "127.0",
+    clusters: int = 3,
+    api_port: int = 7070,
+    sync_port: int = 7071,
+    registry_port: int = 8500,
+    agent_port: int = 8501,
+    lease_ttl: int = 5,
+) -> LabPlan:
+    """Plan a lab of ``clusters`` clusters (1-6), one per region."""
+    m = _PREFIX.fullmatch(prefix)
+    if m is None or int(m.group(1)) > 255:
+        raise InvalidError(
+            f"--loopback {prefix!r}: give the first two octets of a loopback range, "
+            "e.g. 127.0 or 127.42",
+            field="loopback",
+        )
+    if not 1 <= clusters <= len(REGIONS):
+        raise InvalidError(f"--clusters must be 1-{len(REGIONS)}", field="clusters")
+    for what, port in (
+        ("api", api_port),
+        ("sync", sync_port),
+        ("registry", registry_port),
+        ("agent", agent_port),
+    ):
+        if not 1 <= port <= 65535:
+            raise InvalidError(f"{what} port {port} is not 1-65535", field=f"{what}_port")
+    control_ip = f"{prefix}.0.1"
+    ipaddress.ip_address(control_ip)
+    regions = REGIONS[:clusters]
+    plans = []
+    for i, region in enumerate(regions, start=1):
+        ip = f"{prefix}.{i}.1"
+        name = f"{region.name}-1"
+        plans.append(
+            ClusterPlan(
+                name=name,
+                region=region.name,
+                zone=f"{region.name}-1a",
+                ip=ip,
+                registry_port=registry_port,
+                agent_port=agent_port,
+                state_dir=state_dir / "clusters" / name,
+                services=_demo_services(ip),
+            )
+        )
+    return LabPlan(
+        prefix=prefix,
+        state_dir=state_dir,
+        control_ip=control_ip,
+        api_port=api_port,
+        sync_port=sync_port,
+        lease_ttl=lease_ttl,
+        regions=regions,
+        clusters=tuple(plans),
+    )

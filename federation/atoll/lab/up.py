@@ -1,0 +1,274 @@
+"""Orchestration behind ``atoll up``: start, seed, converge, report, stop.
+
+Order matters and each step waits for the previous one to be *healthy*:
+
+1. the control plane (embedded SQLite store, REST API, sync server);
+2. the regions, written through the REST API;
+3. one registry per cluster, then its demo services and instances;
+4. one agent per cluster, pointed at its registry and the control plane;
+5. convergence: every demo service is imported, with every cluster as a
+   healthy target, by the control plane *and* by every agent.
+
+Any failure stops what was started and raises :class:`LabError` quoting the
+failing component's log. Shutdown stops agents before registries before the
+control plane, so no agent outlives what it reports to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from atoll.lab.manifest import (
+    ClusterEntry,
+    ComponentEntry,
+    ControlPlaneEntry,
+    Manifest,
+    RegionEntry,
+)
+from atoll.lab.supervisor import Child, LabError, Supervisor
+from atoll.lab.topology import DEMO_NAMESPACE, ClusterPlan, LabPlan
+
+__all__ = ["Lab"]
+
+Progress = Callable[[str], None]
+
+
+def _py(*args: str) -> list[str]:
+    return [sys.executable, "-m", "atoll", *args]
+
+
+class Lab:
+    def __init__(self, plan: LabPlan, *, progress: Progress = lambda _msg: None) -> None:
+        self.plan = plan
+        self.progress = progress
+        self.supervisor = Supervisor()
+        self.control_plane: Child | None = None
+        self.registries: dict[str, Child] = {}
+        self.agents: dict[str, Child] = {}
+        self.started_at = datetime.now(UTC)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.plan.state_dir / "manifest.json"
+
+    def wipe(self) -> None:
+        if self.plan.state_dir.exists():
+            shutil.rmtree(self.plan.state_dir)
+
+    # -- commands ------------------------------------------------------------
+    def control_plane_argv(self) -> list[str]:
+        p = self.plan
+        return _py(
+            "serve",
+            "--store", p.store_url,
+            "--api", f"{p.control_ip}:{p.api_port}",
+            "--sync", p.sync_target,
+            "--server-id", "lab-control-plane",
+            "--lease-ttl", str(p.lease_ttl),
+            "--insecure",
+        )  # fmt: skip
+
+    def registry_argv(self, c: ClusterPlan) -> list[str]:
+        return _py(
+            "registry",
+            "--listen", f"{c.ip}:{c.registry_port}",
+            "--state-file", str(c.state_dir / "registry.json"),
+        )  # fmt: skip
+
+    def agent_argv(self, c: ClusterPlan) -> list[str]:
+        return _py(
+            "agent",
+            "--cluster", c.name,
+            "--region", c.region,
+            "--zone", c.zone,
+            "--control-plane", self.plan.sync_target,
+            "--state-dir", str(c.state_dir / "agent"),
+            "--registry-url", c.registry_url,
+            "--listen", f"{c.ip}:{c.agent_port}",
+            "--insecure",
+        )  # fmt: skip
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self, *, within: float = 60.0) -> Manifest:
+        try:
+            await self._start(within)
+        except BaseException:
+            await self.stop()
+            raise
+        manifest = self.manifest()
+        write_manifest(self.manifest_path, manifest)
+        return manifest
+
+    async def _start(self, within: float) -> None:
+        p = self.plan
+        sup = self.supervisor
+        self.progress("starting the control plane")
+        p.store_path.parent.mkdir(parents=True, exist_ok=True)
+        self.control_plane = await sup.start(
+            "control-plane",
+            self.control_plane_argv(),
+            log_path=self.plan.state_dir / "logs" / "control-plane.log",
+            health_url=f"{p.api_url}/readyz",
+        )
+        await sup.wait_healthy(self.control_plane)
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            self.progress("creating regions")
+            for r in p.regions:
+                await _put(
+                    http,
+                    f"{p.api_url}/v1/regions/{r.name}",
+                    {
+                        "kind": "Region",
+                        "metadata": {"name": r.name},
+                        "spec": {
+                            "display_name": r.display_name,
+                            "latitude": r.latitude,
+                            "longitude": r.longitude,
+                        },
+                    },
+                )
+            for c in p.clusters:
+                self.progress(f"starting registry of {c.name} on {c.ip}")
+                child = await sup.start(
+                    f"registry-{c.name}",
+                    self.registry_argv(c),
+                    log_path=p.state_dir / "logs" / f"registry-{c.name}.log",
+                    health_url=f"{c.registry_url}/healthz",
+                )
+                self.registries[c.name] = child
+            for c in p.clusters:
+                await sup.wait_healthy(self.registries[c.name])
+                self.progress(f"registering demo services in {c.name}")
+                await _seed(http, c)
+            for c in p.clusters:
+                self.progress(f"starting agent of {c.name}")
+                self.agents[c.name] = await sup.start(
+                    f"agent-{c.name}",
+                    self.agent_argv(c),
+                    log_path=p.state_dir / "logs" / f"agent-{c.name}.log",
+                    health_url=f"{c.agent_url}/healthz",
+                )
+            for c in p.clusters:
+                await sup.wait_healthy(self.agents[c.name])
+            await self._converge(http, within)
+
+    async def _converge(self, http: httpx.AsyncClient, within: float) -> None:
+        p = self.plan
+        want = {(DEMO_NAMESPACE, s.name) for c in p.clusters for s in c.services}
+        clusters = {c.name for c in p.clusters}
+        urls = [f"{p.api_url}/v1/imports"] + [f"{c.agent_url}/v1/imports" for c in p.clusters]
+        deadline = time.monotonic() + within
+        while True:
+            done = 0
+            for url in urls:
+                try:
+                    imports = (await http.get(url)).json()
+                except (httpx.HTTPError, ValueError):
+                    continue
+                have = {
+                    (i["metadata"]["namespace"], i["metadata"]["name"])
+                    for i in imports
+                    if {t["cluster"] for t in i["spec"]["targets"] if t["healthy"]} == clusters
+                }
+                done += want <= have
+            self.progress(f"waiting for the federation to converge ({done}/{len(urls)} views)")
+            if done == len(urls):
+                return
+            if died := self.supervisor.exited():
+                c = died[0]
+                raise LabError(
+                    f"{c.name} exited during start-up; its log ends with:\n{c.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"the federation did not converge within {within:.0f}s; "
+                    f"see the logs in {p.state_dir / 'logs'}"
+                )
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        await self.supervisor.stop_all()
+        self.manifest_path.unlink(missing_ok=True)
+
+    # -- manifest --------------------------------------------------------------
+    def manifest(self) -> Manifest:
+        p = self.plan
+        assert self.control_plane is not None
+        cp = self.control_plane
+
+        def entry(child: Child, url: str) -> ComponentEntry:
+            return ComponentEntry(url=url, pid=child.pid, argv=list(child.argv), log=child.log_path)
+
+        return Manifest(
+            state_dir=p.state_dir,
+            pid=os.getpid(),
+            started_at=self.started_at,
+            control_plane=ControlPlaneEntry(
+                url=p.api_url,
+                api=p.api_url,
+                sync=p.sync_target,
+                store=p.store_url,
+                pid=cp.pid,
+                argv=list(cp.argv),
+                log=cp.log_path,
+            ),
+            regions=[
+                RegionEntry(
+                    name=r.name,
+                    display_name=r.display_name,
+                    latitude=r.latitude,
+                    longitude=r.longitude,
+                )
+                for r in p.regions
+            ],
+            clusters=[
+                ClusterEntry(
+                    name=c.name,
+                    region=c.region,
+                    zone=c.zone,
+                    address=c.ip,
+                    registry=entry(self.registries[c.name], c.registry_url),
+                    agent=entry(self.agents[c.name], c.agent_url),
+                    services=[f"{DEMO_NAMESPACE}/{s.name}" for s in c.services],
+                )
+                for c in p.clusters
+            ],
+        )
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """Write the manifest atomically as plain JSON (readable by any tool)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
+    tmp.replace(path)
+
+
+async def _put(http: httpx.AsyncClient, url: str, body: object) -> None:
+    try:
+        resp = await http.put(url, json=body)
+    except httpx.HTTPError as exc:
+        raise LabError(f"PUT {url} failed: {exc}") from exc
+    if resp.status_code >= 300:
+        raise LabError(f"PUT {url}: {resp.status_code} {resp.text}")
+
+
+async def _seed(http: httpx.AsyncClient, c: ClusterPlan) -> None:
+    for s in c.services:
+        base = f"{c.registry_url}/v1/services/{DEMO_NAMESPACE}/{s.name}"
+        await _put(http, base, {"ports": [{"name": s.port_name, "port": s.port}], "export": True})
+        for inst in s.instances:
+            await _put(
+                http,
+                f"{base}/instances/{inst.id}",
+                {"address": inst.address, "port": inst.port, "zone": c.zone, "health": "passing"},
+            )
+
