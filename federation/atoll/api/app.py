@@ -329,7 +329,8 @@ def build_app(ctx: ApiContext) -> FastAPI:
     async def _put(body: R, path: tuple[str, ...], response: Response, if_match: int | None) -> R:
         if body.path() != path:
             raise InvalidError(
-                f"the body names {'/'.join(body.path())} but the URL names {'/'.join(path)}",
+                f"metadata.name: the body names {'/'.join(body.path())} "
+                f"but the URL names {'/'.join(path)}",
                 field="metadata.name",
             )
         expect = if_match if if_match is not None else (body.metadata.revision or None)

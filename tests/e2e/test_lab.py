@@ -1,0 +1,267 @@
+"""The whole lab as real processes: `atoll up`, then break things and watch.
+
+One lab per module (real control plane, registries and agents on their own
+loopback addresses). The steps run in order and each builds on the last, as an
+operator's session would: add an instance, kill an agent, kill the control
+plane, bring both back, then Ctrl-C the lab.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+LOOPBACK = "127.61"
+LEASE = 3
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (httpx.HTTPError, OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as fh:  # noqa: PTH123
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+class Lab:
+    def __init__(self, proc: subprocess.Popen[bytes], manifest: dict[str, Any]) -> None:
+        self.proc = proc
+        self.m = manifest
+        self.http = httpx.Client(timeout=3.0)
+        self.restarted: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def api(self) -> str:
+        return str(self.m["control_plane"]["api"])
+
+    def cluster(self, i: int) -> dict[str, Any]:
+        return dict(self.m["clusters"][i])
+
+    def agent_imports(self, i: int) -> dict[str, set[str]]:
+        docs = self.http.get(self.cluster(i)["agent"]["url"] + "/v1/imports").json()
+        return {
+            f"{d['metadata']['namespace']}/{d['metadata']['name']}": {
+                t["cluster"] for t in d["spec"]["targets"]
+            }
+            for d in docs
+        }
+
+    def cp_imports(self) -> dict[str, dict[str, Any]]:
+        docs = self.http.get(self.api + "/v1/imports").json()
+        return {f"{d['metadata']['namespace']}/{d['metadata']['name']}": d for d in docs}
+
+    def relaunch(self, entry: dict[str, Any]) -> subprocess.Popen[bytes]:
+        log = open(entry["log"], "ab")  # noqa: SIM115,PTH123 - closed with the process
+        proc = subprocess.Popen(entry["argv"], stdout=log, stderr=log, start_new_session=True)
+        self.restarted.append(proc)
+        return proc
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    state = tmp_path_factory.mktemp("lab-state")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "atoll", "--state-dir", str(state), "up",
+            "--loopback", LOOPBACK, "--lease-ttl", str(LEASE), "--output", "json", "--wait", "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    manifest_path = state / "lab" / "manifest.json"
+    try:
+        wait_for("the lab manifest", lambda: manifest_path.exists() or proc.poll() is not None, 90)
+        if proc.poll() is not None:
+            raise AssertionError(f"atoll up exited early: {proc.stderr.read().decode()[-3000:]}")  # type: ignore[union-attr]
+        manifest = json.loads(manifest_path.read_text())
+        lab = Lab(proc, manifest)
+        yield lab
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for p in getattr(locals().get("lab"), "restarted", []):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_manifest_names_every_component(lab: Lab) -> None:
+    m = lab.m
+    assert m["control_plane"]["api"] == f"http://{LOOPBACK}.0.1:7070"
+    assert len(m["clusters"]) == 3
+    assert [c["address"] for c in m["clusters"]] == [f"{LOOPBACK}.{i}.1" for i in (1, 2, 3)]
+    for c in m["clusters"]:
+        assert alive(c["agent"]["pid"]) and alive(c["registry"]["pid"])
+        assert c["dns"] is None and c["gateway"] is None
+
+
+def test_every_agent_imports_every_demo_service_from_every_cluster(lab: Lab) -> None:
+    names = {c["name"] for c in lab.m["clusters"]}
+    for i in range(3):
+        imports = lab.agent_imports(i)
+        assert imports["demo/web"] == names and imports["demo/api"] == names
+
+
+def test_new_instance_in_a_is_imported_in_b_and_c(lab: Lab) -> None:
+    a = lab.cluster(0)
+    base = a["registry"]["url"] + "/v1/services/demo/shop"
+    r = lab.http.put(base, json={"ports": [{"name": "http", "port": 8000}], "export": True})
+    assert r.status_code == 201, r.text
+    r = lab.http.put(base + "/instances/shop-1", json={"address": f"{LOOPBACK}.1.31", "health": "passing"})
+    assert r.status_code == 201, r.text
+    for i in (1, 2):
+        wait_for(
+            f"demo/shop imported in {lab.cluster(i)['name']}",
+            lambda i=i: lab.agent_imports(i).get("demo/shop") == {a["name"]},
+        )
+    wait_for(
+        "the instance's address in the import",
+        lambda: lab.cp_imports()["demo/shop"]["spec"]["targets"][0]["addresses"]
+        == [f"{LOOPBACK}.1.31"],
+    )
+
+
+def test_instance_turning_critical_marks_target_unhealthy(lab: Lab) -> None:
+    a = lab.cluster(0)
+    url = a["registry"]["url"] + "/v1/services/demo/shop/instances/shop-1/health"
+    assert lab.http.put(url, json={"health": "critical"}).status_code == 200
+
+    def unhealthy() -> bool:
+        t = lab.cp_imports()["demo/shop"]["spec"]["targets"][0]
+        return t["healthy"] is False and t["endpoints_healthy"] == 0
+
+    wait_for("shop target unhealthy", unhealthy)
+    status = lab.http.get(lab.api + "/v1/clusters/" + a["name"]).json()
+    wait_for(
+        "cluster degraded",
+        lambda: lab.http.get(lab.api + "/v1/clusters/" + a["name"]).json()["cluster"]["status"]["health"]
+        == "degraded",
+    )
+    assert status["lease_remaining"] is not None
+
+
+def test_killing_a_agent_withdraws_its_exports_after_the_lease(lab: Lab) -> None:
+    a = lab.cluster(0)
+    os.kill(a["agent"]["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    for i in (1, 2):
+        wait_for(
+            f"{a['name']} withdrawn from {lab.cluster(i)['name']}'s imports",
+            lambda i=i: a["name"] not in lab.agent_imports(i)["demo/web"]
+            and "demo/shop" not in lab.agent_imports(i),
+            timeout=LEASE + 15,
+        )
+    elapsed = time.monotonic() - killed
+    assert elapsed >= LEASE - 1.5, f"withdrawn after {elapsed:.1f}s, before the {LEASE}s lease could expire"
+    export = lab.http.get(f"{lab.api}/v1/exports/{a['name']}/demo/web").json()
+    ready = next(c for c in export["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ClusterUnavailable")
+    cluster = lab.http.get(f"{lab.api}/v1/clusters/{a['name']}").json()
+    assert cluster["lease_remaining"] is None
+    assert cluster["cluster"]["status"]["alive"] is False
+
+
+def test_b_and_c_keep_serving_imports_while_control_plane_is_down(lab: Lab) -> None:
+    before = [lab.agent_imports(i) for i in (1, 2)]
+    os.kill(lab.m["control_plane"]["pid"], signal.SIGKILL)
+    wait_for("control plane down", lambda: not alive(lab.m["control_plane"]["pid"]))
+    with pytest.raises(httpx.ConnectError):
+        lab.http.get(lab.api + "/healthz")
+    time.sleep(1.0)
+    after = [lab.agent_imports(i) for i in (1, 2)]
+    assert after == before and after[0]["demo/web"]
+    status = lab.http.get(lab.cluster(1)["agent"]["url"] + "/v1/status").json()
+    wait_for(
+        "agent notices",
+        lambda: not lab.http.get(lab.cluster(1)["agent"]["url"] + "/v1/status").json()["connected"],
+    )
+    assert status["imports"] >= 2
+
+
+def test_restarted_agent_serves_persisted_imports_before_reconnecting(lab: Lab) -> None:
+    # control plane still down: A's agent restarts from its persisted state
+    a = lab.cluster(0)
+    lab.relaunch(a["agent"])
+    imports = wait_for("A's agent serving", lambda: lab.agent_imports(0), timeout=20)
+    assert "demo/web" in imports, "last-known-good imports served without a control plane"
+
+
+def test_control_plane_restart_converges(lab: Lab) -> None:
+    names = {c["name"] for c in lab.m["clusters"]}
+    lab.relaunch(lab.m["control_plane"])
+    wait_for("control plane ready", lambda: lab.http.get(lab.api + "/readyz").status_code == 200)
+    for i in range(3):
+        wait_for(
+            f"{lab.cluster(i)['name']} converged",
+            lambda i=i: lab.agent_imports(i).get("demo/web") == names
+            and lab.agent_imports(i).get("demo/shop") == {lab.cluster(0)["name"]},
+        )
+    status = lab.http.get(lab.api + "/v1/status").json()
+    assert status["is_leader"] is True
+    assert {v["cluster"]["metadata"]["name"] for v in status["clusters"] if v["cluster"]["status"]["alive"]} == names
+    assert {n["id"] for n in status["nodes"] if n["connected"]} == {f"agent/{n}" for n in names}
+
+
+def test_cli_status_json_and_unreachable_control_plane(lab: Lab, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "atoll", "--api", lab.api, "status", "--output", "json"],
+        capture_output=True, check=True, timeout=30,
+    )  # fmt: skip
+    doc = json.loads(out.stdout)
+    assert {s["name"] for s in doc["services"]} >= {"web", "api", "shop"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "atoll", "--api", "http://127.0.0.1:9", "status"],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    err = bad.stderr.decode()
+    assert "cannot reach the control plane" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3
+
+
+def test_ctrl_c_stops_everything(lab: Lab) -> None:
+    pids = [c[k]["pid"] for c in lab.m["clusters"] for k in ("registry",)] + [
+        c["agent"]["pid"] for c in lab.m["clusters"][1:]
+    ]
+    lab.proc.send_signal(signal.SIGINT)
+    assert lab.proc.wait(30) == 0
+    out = lab.proc.stdout.read()  # type: ignore[union-attr]
+    printed = json.loads(out)
+    assert printed["control_plane"]["api"] == lab.api
+    for pid in pids:
+        wait_for(f"pid {pid} gone", lambda pid=pid: not alive(pid), timeout=10)
