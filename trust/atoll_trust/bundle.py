@@ -47,11 +47,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from atoll_trust.errors import BundleRejectedError, BundleRejectReason, InvalidBundleError
+from atoll_trust.errors import (
+    CERTIFICATE_DECODE_ERRORS,
+    BundleRejectedError,
+    BundleRejectReason,
+    InvalidBundleError,
+)
 from atoll_trust.jose import PublicKey, public_key_from_jwk, public_key_to_jwk
 from atoll_trust.spiffe_id import TrustDomain
 from atoll_trust.svid import concat_der
@@ -175,7 +179,7 @@ def _parse_x509_entry(entry: Mapping[str, Any], where: str) -> x509.Certificate:
         der = base64.b64decode(x5c[0], validate=True)
         cert = x509.load_der_x509_certificate(der)
         cert_key = cert.public_key()
-    except (binascii.Error, ValueError, UnsupportedAlgorithm) as exc:
+    except (binascii.Error, *CERTIFICATE_DECODE_ERRORS) as exc:
         raise InvalidBundleError(f"{where}: x5c is not a usable base64 DER certificate") from exc
     if not isinstance(cert_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise InvalidBundleError(f"{where}: unsupported certificate key type")

@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import enum
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from atoll.errors import AtollError, FatalError, InvalidError, UserError
 
 __all__ = [
+    "CERTIFICATE_DECODE_ERRORS",
     "BundleRejectReason",
     "BundleRejectedError",
     "CaStateCorruptError",
@@ -99,3 +103,13 @@ class KeyDecryptionError(TrustError, FatalError):
 
 class CaStateCorruptError(TrustError, FatalError):
     """The persisted CA state is unreadable or inconsistent (cert does not match key)."""
+
+
+#: what ``cryptography`` raises for bytes that are not a usable certificate:
+#: ``InvalidVersion`` is neither a ValueError nor an UnsupportedAlgorithm, and a
+#: fuzzer found it escaping (a corrupted version field).
+CERTIFICATE_DECODE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+)

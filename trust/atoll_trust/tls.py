@@ -62,7 +62,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from atoll_trust.bundle import BundleSet, TrustBundle
-from atoll_trust.errors import SvidVerificationError
+from atoll_trust.errors import CERTIFICATE_DECODE_ERRORS, SvidVerificationError
 from atoll_trust.spiffe_id import SpiffeId, TrustDomain
 from atoll_trust.svid import X509Svid
 from atoll_trust.verify import BundleSource, VerifiedX509Svid, verify_x509_svid
@@ -191,7 +191,7 @@ def verify_grpc_peer(
         raise SvidVerificationError("gRPC peer presented no certificate (is mTLS on?)")
     try:
         chain = tuple(c for pem in pems for c in x509.load_pem_x509_certificates(pem))
-    except ValueError as exc:
+    except CERTIFICATE_DECODE_ERRORS as exc:
         raise SvidVerificationError(f"gRPC peer certificate is malformed: {exc}") from exc
     verified = verify_x509_svid(chain, bundles, now=now)
     return _authorize(verified, expected, authorize)

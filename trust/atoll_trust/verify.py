@@ -46,7 +46,12 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from atoll_trust.bundle import TrustBundle
 from atoll_trust.clock import utc
-from atoll_trust.errors import InvalidSpiffeIdError, JwtSvidError, SvidVerificationError
+from atoll_trust.errors import (
+    CERTIFICATE_DECODE_ERRORS,
+    InvalidSpiffeIdError,
+    JwtSvidError,
+    SvidVerificationError,
+)
 from atoll_trust.jose import JWT_SVID_ALGORITHMS, b64url_decode, jws_verify
 from atoll_trust.spiffe_id import SpiffeId, TrustDomain, parse_spiffe_id
 
@@ -207,7 +212,7 @@ def parse_der_chain(data: bytes) -> tuple[x509.Certificate, ...]:
             length = _der_length(rest)
             certs.append(x509.load_der_x509_certificate(rest[:length]))
             rest = rest[length:]
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except CERTIFICATE_DECODE_ERRORS as exc:
         raise SvidVerificationError(f"malformed DER certificate chain: {exc}") from exc
     if not certs:
         raise SvidVerificationError("empty certificate chain")
