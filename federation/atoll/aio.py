@@ -28,9 +28,7 @@ _tasks: set[asyncio.Task[Any]] = set()
 Sleep = Callable[[float], Awaitable[None]]
 
 
-def spawn(
-    coro: Coroutine[Any, Any, T], *, name: str, forever: bool = False
-) -> asyncio.Task[T]:
+def spawn(coro: Coroutine[Any, Any, T], *, name: str, forever: bool = False) -> asyncio.Task[T]:
     """Start ``coro`` as a named task that is kept alive until it ends."""
     task = asyncio.get_running_loop().create_task(coro, name=name)
     _tasks.add(task)

@@ -68,9 +68,7 @@ class ConflictError(UserError):
     """
 
     def __init__(self, key: str, *, expected: int, actual_revision: int) -> None:
-        super().__init__(
-            f"{key}: expected revision {expected}, found {actual_revision}"
-        )
+        super().__init__(f"{key}: expected revision {expected}, found {actual_revision}")
         self.key = key
         self.expected = expected
         self.actual_revision = actual_revision

@@ -40,7 +40,6 @@ accepts a bundle without keys (that would make the domain unverifiable).
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -179,7 +178,7 @@ def _parse_x509_entry(entry: Mapping[str, Any], where: str) -> x509.Certificate:
         der = base64.b64decode(x5c[0], validate=True)
         cert = x509.load_der_x509_certificate(der)
         cert_key = cert.public_key()
-    except (binascii.Error, *CERTIFICATE_DECODE_ERRORS) as exc:
+    except CERTIFICATE_DECODE_ERRORS as exc:  # binascii.Error is a ValueError
         raise InvalidBundleError(f"{where}: x5c is not a usable base64 DER certificate") from exc
     if not isinstance(cert_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise InvalidBundleError(f"{where}: unsupported certificate key type")
