@@ -14,31 +14,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.polling import wait_for
+
 pytestmark = pytest.mark.e2e
 
 LOOPBACK = "127.61"
 LEASE = 3
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (httpx.HTTPError, OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
 def alive(pid: int) -> bool:
@@ -142,17 +131,21 @@ def test_new_instance_in_a_is_imported_in_b_and_c(lab: Lab) -> None:
     base = a["registry"]["url"] + "/v1/services/demo/shop"
     r = lab.http.put(base, json={"ports": [{"name": "http", "port": 8000}], "export": True})
     assert r.status_code == 201, r.text
-    r = lab.http.put(base + "/instances/shop-1", json={"address": f"{LOOPBACK}.1.31", "health": "passing"})
+    r = lab.http.put(
+        base + "/instances/shop-1", json={"address": f"{LOOPBACK}.1.31", "health": "passing"}
+    )
     assert r.status_code == 201, r.text
+
+    def imported(i: int) -> bool:
+        return lab.agent_imports(i).get("demo/shop") == {a["name"]}
+
     for i in (1, 2):
-        wait_for(
-            f"demo/shop imported in {lab.cluster(i)['name']}",
-            lambda i=i: lab.agent_imports(i).get("demo/shop") == {a["name"]},
-        )
+        wait_for(f"demo/shop imported in {lab.cluster(i)['name']}", partial(imported, i))
     wait_for(
         "the instance's address in the import",
-        lambda: lab.cp_imports()["demo/shop"]["spec"]["targets"][0]["addresses"]
-        == [f"{LOOPBACK}.1.31"],
+        lambda: (
+            lab.cp_imports()["demo/shop"]["spec"]["targets"][0]["addresses"] == [f"{LOOPBACK}.1.31"]
+        ),
     )
 
 
@@ -169,8 +162,12 @@ def test_instance_turning_critical_marks_target_unhealthy(lab: Lab) -> None:
     status = lab.http.get(lab.api + "/v1/clusters/" + a["name"]).json()
     wait_for(
         "cluster degraded",
-        lambda: lab.http.get(lab.api + "/v1/clusters/" + a["name"]).json()["cluster"]["status"]["health"]
-        == "degraded",
+        lambda: (
+            lab.http.get(lab.api + "/v1/clusters/" + a["name"]).json()["cluster"]["status"][
+                "health"
+            ]
+            == "degraded"
+        ),
     )
     assert status["lease_remaining"] is not None
 
@@ -179,15 +176,21 @@ def test_killing_a_agent_withdraws_its_exports_after_the_lease(lab: Lab) -> None
     a = lab.cluster(0)
     os.kill(a["agent"]["pid"], signal.SIGKILL)
     killed = time.monotonic()
+
+    def withdrawn(i: int) -> bool:
+        imports = lab.agent_imports(i)
+        return a["name"] not in imports["demo/web"] and "demo/shop" not in imports
+
     for i in (1, 2):
         wait_for(
             f"{a['name']} withdrawn from {lab.cluster(i)['name']}'s imports",
-            lambda i=i: a["name"] not in lab.agent_imports(i)["demo/web"]
-            and "demo/shop" not in lab.agent_imports(i),
+            partial(withdrawn, i),
             timeout=LEASE + 15,
         )
     elapsed = time.monotonic() - killed
-    assert elapsed >= LEASE - 1.5, f"withdrawn after {elapsed:.1f}s, before the {LEASE}s lease could expire"
+    assert elapsed >= LEASE - 1.5, (
+        f"withdrawn after {elapsed:.1f}s, before the {LEASE}s lease could expire"
+    )
     export = lab.http.get(f"{lab.api}/v1/exports/{a['name']}/demo/web").json()
     ready = next(c for c in export["status"]["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ClusterUnavailable")
@@ -225,15 +228,22 @@ def test_control_plane_restart_converges(lab: Lab) -> None:
     names = {c["name"] for c in lab.m["clusters"]}
     lab.relaunch(lab.m["control_plane"])
     wait_for("control plane ready", lambda: lab.http.get(lab.api + "/readyz").status_code == 200)
+
+    def converged(i: int) -> bool:
+        imports = lab.agent_imports(i)
+        return imports.get("demo/web") == names and imports.get("demo/shop") == {
+            lab.cluster(0)["name"]
+        }
+
     for i in range(3):
-        wait_for(
-            f"{lab.cluster(i)['name']} converged",
-            lambda i=i: lab.agent_imports(i).get("demo/web") == names
-            and lab.agent_imports(i).get("demo/shop") == {lab.cluster(0)["name"]},
-        )
+        wait_for(f"{lab.cluster(i)['name']} converged", partial(converged, i))
     status = lab.http.get(lab.api + "/v1/status").json()
     assert status["is_leader"] is True
-    assert {v["cluster"]["metadata"]["name"] for v in status["clusters"] if v["cluster"]["status"]["alive"]} == names
+    assert {
+        v["cluster"]["metadata"]["name"]
+        for v in status["clusters"]
+        if v["cluster"]["status"]["alive"]
+    } == names
     assert {n["id"] for n in status["nodes"] if n["connected"]} == {f"agent/{n}" for n in names}
 
 
@@ -264,4 +274,4 @@ def test_ctrl_c_stops_everything(lab: Lab) -> None:
     printed = json.loads(out)
     assert printed["control_plane"]["api"] == lab.api
     for pid in pids:
-        wait_for(f"pid {pid} gone", lambda pid=pid: not alive(pid), timeout=10)
+        wait_for(f"pid {pid} gone", partial(lambda p: not alive(p), pid), timeout=10)

@@ -4,9 +4,8 @@ imports, drain, authorization of reports, NACK visibility."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +24,7 @@ from atoll.sync import Item, NodeInfo, SyncClient
 from atoll_agent.agent import Agent
 from atoll_agent.catalog import FileSource
 from atoll_agent.config import AgentConfig
+from tests.polling import eventually
 
 from .conftest import RunningPlane
 
@@ -43,17 +43,6 @@ def catalog(path: Path, services: dict[str, list[str]]) -> None:
         ]
     }
     path.write_text(yaml.safe_dump(doc))
-
-
-async def eventually(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            value = check()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            await asyncio.sleep(0.05)
 
 
 class Agents:
@@ -98,10 +87,14 @@ async def test_exports_flow_to_every_agent_and_drain_marks_unhealthy(
 ) -> None:
     a = agents.start("a", "eu", {"web": ["10.0.0.1"], "db": ["10.0.0.2"]})
     b = agents.start("b", "us", {"web": ["10.1.0.1"]})
-    await eventually("b imports web from a and b", lambda: targets(b, "web") == {"a": True, "b": True})
+    await eventually(
+        "b imports web from a and b", lambda: targets(b, "web") == {"a": True, "b": True}
+    )
     await eventually("a imports db", lambda: targets(a, "db") == {"a": True})
 
-    r = await api.put("/v1/clusters/a/admin-state", json={"admin_state": "drained", "reason": "test"})
+    r = await api.put(
+        "/v1/clusters/a/admin-state", json={"admin_state": "drained", "reason": "test"}
+    )
     assert r.status_code == 200 and r.json()["spec"]["admin_state"] == "drained"
     await eventually("a drained everywhere", lambda: targets(b, "web") == {"a": False, "b": True})
 
@@ -133,7 +126,9 @@ async def test_agent_may_not_write_another_clusters_exports(
     task = spawn(rogue.run(), name="rogue")
     try:
         await eventually("report refused", lambda: "ServiceExport" in rogue.status().report_errors)
-        assert "may not write exports of cluster 'a'" in rogue.status().report_errors["ServiceExport"]
+        assert (
+            "may not write exports of cluster 'a'" in rogue.status().report_errors["ServiceExport"]
+        )
         stored = (await api.get("/v1/exports/a/demo/web")).json()
         assert [e["address"] for e in stored["spec"]["endpoints"]] == ["10.0.0.1"]
         nodes = {n["id"]: n for n in (await api.get("/v1/nodes")).json()}
@@ -162,10 +157,15 @@ async def test_nack_is_visible_in_status(
     task = spawn(sub.run(), name="picky")
     try:
         await eventually("nack", lambda: sub.status().deltas_rejected >= 1)
+
         async def nack_seen() -> bool:
             nodes = {n["id"]: n for n in (await api.get("/v1/nodes")).json()}
             s = nodes.get("dns/z", {}).get("subscriptions", [])
-            return bool(s) and s[0]["nacks"] >= 1 and "not routable" in (s[0]["last_nack_message"] or "")
+            return (
+                bool(s)
+                and s[0]["nacks"] >= 1
+                and "not routable" in (s[0]["last_nack_message"] or "")
+            )
 
         await eventually("nack visible in /v1/nodes", nack_seen)
         assert sub.held.items("ServiceImport") == {}, "rejected state not applied"

@@ -5,7 +5,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-REGION = {"kind": "Region", "metadata": {"name": "eu-west"}, "spec": {"latitude": 53.3, "longitude": -6.3}}
+REGION = {
+    "kind": "Region",
+    "metadata": {"name": "eu-west"},
+    "spec": {"latitude": 53.3, "longitude": -6.3},
+}
 POLICY = {
     "kind": "TrafficPolicy",
     "metadata": {"name": "web", "namespace": "demo"},
@@ -75,7 +79,9 @@ async def test_malformed_bodies_get_422_naming_the_field(
 
 
 async def test_invalid_json_is_422(api: httpx.AsyncClient) -> None:
-    r = await api.put("/v1/regions/x", content=b"{nope", headers={"content-type": "application/json"})
+    r = await api.put(
+        "/v1/regions/x", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422
 
 
@@ -106,7 +112,9 @@ async def test_policy_roundtrip(api: httpx.AsyncClient) -> None:
         ("PUT", "/v1/clusters/nope/admin-state", 404),
     ],
 )
-async def test_unknown_kinds_and_names(api: httpx.AsyncClient, method: str, path: str, status: int) -> None:
+async def test_unknown_kinds_and_names(
+    api: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
     body = {"admin_state": "drained"} if path.endswith("admin-state") else None
     r = await api.request(method, path, json=body)
     assert r.status_code == status, r.text

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from atoll.model import (
 )
 from atoll.sync import Item, NodeInfo, SyncClient
 from atoll.testing.etcd import EtcdServer, etcd_binary
+from tests.polling import eventually
 
 pytestmark = pytest.mark.etcd
 HOST = "127.0.62.1"
@@ -85,20 +87,6 @@ class Replica:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-
-
-async def eventually(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (httpx.HTTPError, KeyError, ValueError):
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out: {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
@@ -163,13 +151,18 @@ def addresses(client: SyncClient) -> list[str]:
 async def test_one_leader_writes_and_killing_it_hands_over(
     replicas: list[Replica], agent_on: Callable[[Replica], SyncClient]
 ) -> None:
+    def ready(r: Replica) -> bool:
+        return httpx.get(r.api + "/readyz").status_code == 200
+
     for r in replicas:
-        await eventually(f"{r.name} ready", lambda r=r: httpx.get(r.api + "/readyz").status_code == 200)
+        await eventually(f"{r.name} ready", partial(ready, r))
     statuses = await eventually(
         "exactly one leader",
-        lambda: (s := [r.get("/v1/status") for r in replicas])
-        and sum(x["is_leader"] for x in s) == 1
-        and s,
+        lambda: (
+            (s := [r.get("/v1/status") for r in replicas])
+            and sum(x["is_leader"] for x in s) == 1
+            and s
+        ),
     )
     leader = next(r for r, s in zip(replicas, statuses, strict=True) if s["is_leader"])
     follower = next(r for r in replicas if r is not leader)
@@ -185,9 +178,13 @@ async def test_one_leader_writes_and_killing_it_hands_over(
     os.kill(leader.proc.pid, signal.SIGKILL)
     killed = time.monotonic()
     await eventually(
-        "follower becomes leader", lambda: follower.get("/v1/status")["is_leader"], timeout=LEADER_TTL + 10
+        "follower becomes leader",
+        lambda: follower.get("/v1/status")["is_leader"],
+        timeout=LEADER_TTL + 10,
     )
-    assert time.monotonic() - killed >= LEADER_TTL - 1.0, "no takeover before the leader lease ran out"
+    assert time.monotonic() - killed >= LEADER_TTL - 1.0, (
+        "no takeover before the leader lease ran out"
+    )
     client.set_report("ServiceExport", [export("x", "10.0.0.2")])
     await eventually("new leader derives", lambda: addresses(client) == ["10.0.0.2"])
     assert follower.reconcile_writes() > 0

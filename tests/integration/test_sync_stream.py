@@ -3,7 +3,6 @@ resume, reports, heartbeats, reconnect with persisted state."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -25,9 +24,9 @@ from atoll.sync import (
     SyncClient,
     SyncServicer,
 )
-from atoll.sync.client import schema_validator
 from atoll.sync.v1 import sync_pb2 as pb
 from atoll.sync.v1 import sync_pb2_grpc as pb_grpc
+from tests.polling import eventually
 
 HOST = "127.0.0.1"
 
@@ -97,12 +96,6 @@ async def server() -> AsyncIterator[Server]:
     await srv.stop()
 
 
-async def eventually(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
-
-
 def make_client(target: str, tmp_path: Path | None = None, **kw: object) -> SyncClient:
     return SyncClient(
         target=target,
@@ -127,11 +120,16 @@ async def test_push_ack_and_updates(server: Server) -> None:
     client = make_client(server.target, on_update=on_update)
     task = spawn(client.run(), name="client")
     try:
-        await eventually(lambda: versions(client.held) == {"eu": "1", "us": "1"})
+        await eventually(
+            "the expected state", lambda: versions(client.held) == {"eu": "1", "us": "1"}
+        )
         server.table.apply([region("eu", "2")], removals=["us"])
-        await eventually(lambda: versions(client.held) == {"eu": "2"})
+        await eventually("the expected state", lambda: versions(client.held) == {"eu": "2"})
         node = server.servicer.node_statuses()[0]
-        await eventually(lambda: server.servicer.node_statuses()[0].subscriptions[0].acked_version == "2")
+        await eventually(
+            "the server to record the ACK",
+            lambda: server.servicer.node_statuses()[0].subscriptions[0].acked_version == "2",
+        )
         assert node.connected and node.node.id == "agent/a"
         assert seen[-1] == {"eu": "2"}
         assert client.status().deltas_accepted >= 2
@@ -143,16 +141,19 @@ async def test_nack_keeps_old_state_and_is_visible(server: Server) -> None:
     client = make_client(server.target)
     task = spawn(client.run(), name="client")
     try:
-        await eventually(lambda: "eu" in versions(client.held))
+        await eventually("the expected state", lambda: "eu" in versions(client.held))
         server.table.apply([Item(name="eu", version="7", body=b'{"kind":"Region"}')])
-        await eventually(lambda: client.status().deltas_rejected == 1)
+        await eventually("the expected state", lambda: client.status().deltas_rejected == 1)
         assert versions(client.held)["eu"] == "1", "rejected delta must not be applied"
-        await eventually(lambda: server.servicer.node_statuses()[0].subscriptions[0].nacks == 1)
+        await eventually(
+            "the expected state",
+            lambda: server.servicer.node_statuses()[0].subscriptions[0].nacks == 1,
+        )
         sub = server.servicer.node_statuses()[0].subscriptions[0]
         assert sub.last_nack is not None and "eu@7" in sub.last_nack.message
         # a newer good version goes through; the bad one was never resent
         server.table.apply([region("eu", "8")])
-        await eventually(lambda: versions(client.held).get("eu") == "8")
+        await eventually("the expected state", lambda: versions(client.held).get("eu") == "8")
         assert client.status().deltas_rejected == 1
     finally:
         await cancel_and_wait(task)
@@ -163,16 +164,21 @@ async def test_reports_and_heartbeats(server: Server) -> None:
     client.set_report("Region", [region("mine", "0")])
     task = spawn(client.run(), name="client")
     try:
-        await eventually(lambda: ("agent/a", "Region", ["mine"]) in server.sink.reports)
-        await eventually(lambda: server.sink.heartbeats >= 3)
-        await eventually(lambda: client.status().lease_remaining == 4.5)
+        await eventually(
+            "the expected state", lambda: ("agent/a", "Region", ["mine"]) in server.sink.reports
+        )
+        await eventually("the expected state", lambda: server.sink.heartbeats >= 3)
+        await eventually("the expected state", lambda: client.status().lease_remaining == 4.5)
         client.set_report("Region", [region("bad-one", "0")])
-        await eventually(lambda: "Region" in client.status().report_errors)
+        await eventually("the expected state", lambda: "Region" in client.status().report_errors)
         assert "bad item name" in client.status().report_errors["Region"]
         client.set_report("Region", [region("theirs", "0")])
-        await eventually(lambda: "not yours" in client.status().report_errors.get("Region", ""))
+        await eventually(
+            "the expected state",
+            lambda: "not yours" in client.status().report_errors.get("Region", ""),
+        )
         client.set_report("Region", [region("mine", "0"), region("mine2", "0")])
-        await eventually(lambda: not client.status().report_errors)
+        await eventually("the expected state", lambda: not client.status().report_errors)
         assert server.sink.reports[-1] == ("agent/a", "Region", ["mine", "mine2"])
     finally:
         await cancel_and_wait(task)
@@ -183,7 +189,7 @@ async def test_resume_sends_only_difference_and_state_survives_restart(
 ) -> None:
     client = make_client(server.target, tmp_path)
     task = spawn(client.run(), name="client")
-    await eventually(lambda: versions(client.held) == {"eu": "1", "us": "1"})
+    await eventually("the expected state", lambda: versions(client.held) == {"eu": "1", "us": "1"})
     await cancel_and_wait(task)
     await server.stop()
     # server gone: a new client process starts from the persisted state
@@ -193,7 +199,9 @@ async def test_resume_sends_only_difference_and_state_survives_restart(
     await server.start(server.port)
     task = spawn(restarted.run(), name="client2")
     try:
-        await eventually(lambda: versions(restarted.held) == {"eu": "1", "us": "2"})
+        await eventually(
+            "the expected state", lambda: versions(restarted.held) == {"eu": "1", "us": "2"}
+        )
         sub = server.servicer.node_statuses()[0].subscriptions[0]
         assert sub.pushes == 1, "resume should need exactly one push"
     finally:
@@ -204,20 +212,22 @@ async def test_client_reconnects_after_server_restart(server: Server) -> None:
     client = make_client(server.target)
     task = spawn(client.run(), name="client")
     try:
-        await eventually(lambda: client.connected)
+        await eventually("the expected state", lambda: client.connected)
         await server.stop()
-        await eventually(lambda: not client.connected)
+        await eventually("the expected state", lambda: not client.connected)
         assert versions(client.held) == {"eu": "1", "us": "1"}, "keeps serving last state"
         server.table.apply([region("ap", "1")])
         await server.start(server.port)
-        await eventually(lambda: "ap" in versions(client.held))
+        await eventually("the expected state", lambda: "ap" in versions(client.held))
         assert client.status().connects >= 2
     finally:
         await cancel_and_wait(task)
 
 
 async def test_corrupt_state_file_is_discarded(server: Server, tmp_path: Path) -> None:
-    (tmp_path / "held.json").write_text('{"format":1,"kind":"atoll.sync.held-state","payload":{"x":1}')
+    (tmp_path / "held.json").write_text(
+        '{"format":1,"kind":"atoll.sync.held-state","payload":{"x":1}'
+    )
     client = make_client(server.target, tmp_path)
     assert client.held.types == {}
     assert list(tmp_path.glob("held.json.corrupt-*")), "corrupt file moved aside"
@@ -226,7 +236,11 @@ async def test_corrupt_state_file_is_discarded(server: Server, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("first", "code", "text"),
     [
-        (pb.ClientMessage(heartbeat=pb.Heartbeat(sequence=1)), grpc.StatusCode.INVALID_ARGUMENT, "Hello"),
+        (
+            pb.ClientMessage(heartbeat=pb.Heartbeat(sequence=1)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Hello",
+        ),
         (
             pb.ClientMessage(hello=pb.Hello(node=pb.Node(id="x", role="wizard"))),
             grpc.StatusCode.INVALID_ARGUMENT,

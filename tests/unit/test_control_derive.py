@@ -5,6 +5,7 @@ from __future__ import annotations
 from atoll.control.actions import Delete, Put, plan_actions
 from atoll.control.derive import derive
 from atoll.model import (
+    AdminState,
     Cluster,
     ClusterSpec,
     Endpoint,
@@ -15,10 +16,10 @@ from atoll.model import (
 )
 
 
-def cluster(name: str, region: str = "r1", admin: str = "active") -> Cluster:
+def cluster(name: str, region: str = "r1", admin: AdminState = "active") -> Cluster:
     return Cluster(
         metadata=Metadata(name=name, revision=1),
-        spec=ClusterSpec(region=region, admin_state=admin),  # type: ignore[arg-type]
+        spec=ClusterSpec(region=region, admin_state=admin),
     )
 
 
@@ -35,12 +36,16 @@ def export(
         spec=ServiceExportSpec(
             cluster=cl,
             ports=[ServicePort(port=port)],
-            endpoints=[Endpoint(address=f"10.0.0.{i + 1}", healthy=h) for i, h in enumerate(healthy)],
+            endpoints=[
+                Endpoint(address=f"10.0.0.{i + 1}", healthy=h) for i, h in enumerate(healthy)
+            ],
         ),
     )
 
 
-CLUSTERS = {c.metadata.name: c for c in [cluster("a", "eu"), cluster("b", "us"), cluster("c", "ap")]}
+CLUSTERS = {
+    c.metadata.name: c for c in [cluster("a", "eu"), cluster("b", "us"), cluster("c", "ap")]
+}
 
 
 def test_union_of_exports_with_health() -> None:
@@ -97,13 +102,22 @@ def test_plan_is_empty_when_store_matches() -> None:
     d = derive(exports, CLUSTERS, {"a", "b", "c"})
     stored_imports = {k: v.with_revision(3, 3) for k, v in d.imports.items()}
     stored_exports = [
-        e.model_copy(update={"status": e.status.model_copy(update={"conditions": list(d.export_conditions[e.key()])})})
+        e.model_copy(
+            update={
+                "status": e.status.model_copy(
+                    update={"conditions": list(d.export_conditions[e.key()])}
+                )
+            }
+        )
         for e in exports
     ]
     stored_clusters = {
         n: c.model_copy(update={"status": d.cluster_status[n]}) for n, c in CLUSTERS.items()
     }
-    assert plan_actions(d, imports=stored_imports, exports=stored_exports, clusters=stored_clusters) == []
+    assert (
+        plan_actions(d, imports=stored_imports, exports=stored_exports, clusters=stored_clusters)
+        == []
+    )
 
 
 def test_plan_creates_updates_and_deletes_with_cas() -> None:

@@ -38,8 +38,9 @@ def test_top_level_layout_is_the_agreed_one() -> None:
 
 
 def test_dns_is_dnspython() -> None:
-    import dns
     import dns.message
+
+    import dns
 
     assert dns.message.__file__ is not None
     assert "site-packages" in dns.message.__file__ or "dist-packages" in dns.message.__file__
@@ -58,15 +59,13 @@ def test_every_package_is_in_the_wheel_and_importable(root: str, package: str) -
 
 def test_dev_mode_dirs_cover_every_root() -> None:
     dirs = pyproject()["tool"]["hatch"]["build"]["dev-mode-dirs"]  # type: ignore[index]
-    assert set(dirs) == set(SOURCE_ROOTS)  # type: ignore[arg-type]
+    assert set(dirs) == set(SOURCE_ROOTS)
 
 
 def test_no_stray_packages_in_source_roots() -> None:
     for root, package in PACKAGES.items():
         children = {
-            p.name
-            for p in (ROOT / root).iterdir()
-            if p.is_dir() and (p / "__init__.py").exists()
+            p.name for p in (ROOT / root).iterdir() if p.is_dir() and (p / "__init__.py").exists()
         }
         assert children <= {package}, f"{root}/ holds packages the wheel misses: {children}"
     assert "atoll" in sys.modules or importlib.import_module("atoll")

@@ -18,7 +18,10 @@ def item(name: str, version: str) -> Item:
 def new_sub(initial: dict[str, str] | None = None, **kw: object) -> Subscription:
     counter = itertools.count(1)
     return Subscription.resume(
-        "T", initial_versions=initial or {}, next_nonce=lambda: f"n{next(counter)}", **kw  # type: ignore[arg-type]
+        "T",
+        initial_versions=initial or {},
+        next_nonce=lambda: f"n{next(counter)}",
+        **kw,  # type: ignore[arg-type]
     )
 
 

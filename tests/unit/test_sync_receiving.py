@@ -41,7 +41,9 @@ def test_accepts_and_merges() -> None:
 def test_one_bad_resource_rejects_the_whole_delta(body: bytes, reason: str) -> None:
     validate = schema_validator()
     start = apply_delta(HeldState(), push(region_item("us")), validate).state
-    d = apply_delta(start, push(region_item("ap"), Item("eu", "2", body), removed=("us",)), validate)
+    d = apply_delta(
+        start, push(region_item("ap"), Item("eu", "2", body), removed=("us",)), validate
+    )
     assert not d.accepted
     assert d.error is not None and reason in d.error
     assert d.bad_resources == ("eu",)
