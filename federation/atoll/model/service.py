@@ -35,6 +35,7 @@ __all__ = [
     "ServiceImportStatus",
     "ServicePort",
     "ServiceType",
+    "check_ports",
 ]
 
 ServiceType = Literal["ClusterSetIP", "Headless"]
@@ -56,7 +57,8 @@ class Endpoint(Frozen):
     zone: str | None = Field(None, max_length=63)
 
 
-def _check_ports(ports: list[ServicePort]) -> None:
+def check_ports(ports: list[ServicePort]) -> None:
+    """Raise ValueError unless ports are unique and, when several, all named."""
     seen: set[tuple[int, str]] = set()
     names: set[str] = set()
     for p in ports:
@@ -79,7 +81,7 @@ class ServiceExportSpec(Frozen):
 
     @model_validator(mode="after")
     def _ports_unique(self) -> ServiceExportSpec:
-        _check_ports(self.ports)
+        check_ports(self.ports)
         return self
 
     @property
