@@ -83,7 +83,7 @@ class CompactedError(AtollError):
 
     def __init__(self, requested: int, compacted_revision: int) -> None:
         super().__init__(
-            f"revision {requested} is compacted (oldest available: {compacted_revision + 1}); "
+            f"revision {requested} is compacted (history starts at {compacted_revision}); "
             "list again and watch from the listing's revision + 1"
         )
         self.requested = requested

@@ -271,4 +271,3 @@ async def _seed(http: httpx.AsyncClient, c: ClusterPlan) -> None:
                 f"{base}/instances/{inst.id}",
                 {"address": inst.address, "port": inst.port, "zone": c.zone, "health": "passing"},
             )
-

@@ -146,7 +146,8 @@ class Store(Protocol):
     def watch(self, prefix: str, *, start_revision: int) -> AsyncIterator[WatchBatch]:
         """Changes under ``prefix`` from ``start_revision`` on; see module docstring.
 
-        Use as ``async with contextlib.aclosing(store.watch(...)) as batches``.
+        Use as ``async with atoll.store.watching.watch_closing(store, ...) as batches``
+        so the watch is closed (and its server-side resources freed) on exit.
         """
         ...
 

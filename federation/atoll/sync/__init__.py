@@ -4,7 +4,7 @@
 * :mod:`.pushing` — pure server-side subscription state machine.
 * :mod:`.receiving` — pure client-side accept/reject of a delta.
 * :mod:`.server` / :mod:`.client` — the grpc.aio edges.
-* ``v1/sync.proto`` — the wire contract (regenerate with ``python -m atoll.sync.generate``).
+* ``v1/sync.proto`` — the wire contract (regenerate with ``python -m atoll.protogen``).
 """
 
 from atoll.sync.client import ClientStatus, SyncClient, schema_validator

@@ -12,6 +12,9 @@
 * Reports are state of the world per type: :meth:`set_report` replaces the
   latest set, which is sent once per change and again after every reconnect.
 * Heartbeats (agents only) run at the interval the server's Welcome names.
+* ``on_acked`` (optional, synchronous) is told each time the ACK of an
+  accepted delta has been written: an instrumentation point for apply latency
+  (the fan-out benchmark times "applied and acknowledged" with it).
 * A broken stream is retried forever with exponential backoff and full
   jitter; the delay resets once a stream has been welcomed.
 
@@ -58,6 +61,8 @@ CHANNEL_OPTIONS = [
 ]
 
 OnUpdate = Callable[[HeldState, frozenset[str]], Awaitable[None]]
+#: (type, state now held); called right after the ACK of an accepted delta is written
+OnAcked = Callable[[str, HeldState], None]
 
 
 def schema_validator(extra: Validator | None = None) -> Validator:
@@ -117,6 +122,7 @@ class SyncClient:
         validate: Validator | None = None,
         state_file: Path | None = None,
         on_update: OnUpdate | None = None,
+        on_acked: OnAcked | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         heartbeat: bool = False,
         backoff: Backoff | None = None,
@@ -128,6 +134,7 @@ class SyncClient:
         self.validate = validate or schema_validator()
         self.state_file = state_file
         self.on_update = on_update
+        self.on_acked = on_acked
         self.credentials = credentials
         self.heartbeat = heartbeat
         self.backoff = backoff or Backoff(base=0.2, cap=5.0)
@@ -349,6 +356,8 @@ class SyncClient:
                 error=pb.Status(code=3, message=decision_error),
             )
         await self._write(call, pb.ClientMessage(ack=ack))
+        if decision_error is None and self.on_acked is not None:
+            self.on_acked(push.type, self.held)
 
     # -- persistence -------------------------------------------------------
     def _persist(self, state: HeldState) -> None:

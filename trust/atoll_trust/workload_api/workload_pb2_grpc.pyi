@@ -8,7 +8,7 @@ names and the field numbers below are what interoperating clients (go-spiffe,
 py-spiffe, SPIRE) send and expect, so they must not change. There is no proto
 package: the method paths are /SpiffeWorkloadAPI/<Method>.
 
-Regenerate the Python modules with trust/atoll_trust/workload_api/generate.py.
+Regenerate the Python modules with `python -m atoll.protogen`.
 """
 
 from atoll_trust.workload_api import workload_pb2 as _workload_pb2

@@ -1,0 +1,1 @@
+"""Generated etcd protobuf modules (see atoll.protogen)."""
