@@ -13,12 +13,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import dns.exception
 import httpx
 
 __all__ = ["eventually", "wait_for"]
 
 #: errors that mean "not yet" while a component starts or restarts
-TRANSIENT: tuple[type[Exception], ...] = (httpx.HTTPError, OSError, KeyError, ValueError)
+TRANSIENT: tuple[type[Exception], ...] = (
+    httpx.HTTPError,
+    dns.exception.DNSException,
+    OSError,
+    KeyError,
+    ValueError,
+)
 
 
 async def eventually(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:

@@ -19,6 +19,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import dns.edns
+import dns.message
+import dns.query
 import httpx
 import pytest
 
@@ -65,6 +68,17 @@ class Lab:
             }
             for d in docs
         }
+
+    def dns_a(self, i: int, name: str, subnet: str | None = None) -> set[str]:
+        """A records the DNS server of cluster ``i`` answers for ``name`` (real UDP query)."""
+        options: list[dns.edns.Option] = []
+        if subnet is not None:
+            addr, _, plen = subnet.partition("/")
+            options.append(dns.edns.ECSOption(addr, int(plen)))
+        q = dns.message.make_query(f"{name}.{self.m['zone']}", "A", use_edns=0, options=options)
+        host, _, port = self.cluster(i)["dns"]["listen"].rpartition(":")
+        resp = dns.query.udp(q, host, port=int(port), timeout=2.0)
+        return {rr.address for rrset in resp.answer for rr in rrset}
 
     def cp_imports(self) -> dict[str, dict[str, Any]]:
         docs = self.http.get(self.api + "/v1/imports").json()
@@ -116,7 +130,8 @@ def test_manifest_names_every_component(lab: Lab) -> None:
     assert [c["address"] for c in m["clusters"]] == [f"{LOOPBACK}.{i}.1" for i in (1, 2, 3)]
     for c in m["clusters"]:
         assert alive(c["agent"]["pid"]) and alive(c["registry"]["pid"])
-        assert c["dns"] is None and c["gateway"] is None
+        assert alive(c["dns"]["pid"]) and c["dns"]["listen"] == f"{c['address']}:53"
+        assert c["gateway"] is None
 
 
 def test_every_agent_imports_every_demo_service_from_every_cluster(lab: Lab) -> None:
@@ -124,6 +139,49 @@ def test_every_agent_imports_every_demo_service_from_every_cluster(lab: Lab) -> 
     for i in range(3):
         imports = lab.agent_imports(i)
         assert imports["demo/web"] == names and imports["demo/api"] == names
+
+
+def demo_addresses(lab: Lab, service: str, clusters: range | tuple[int, ...]) -> set[str]:
+    octet = {"web": (11, 12), "api": (21, 22)}[service]
+    return {f"{LOOPBACK}.{i + 1}.{o}" for i in clusters for o in octet}
+
+
+def test_every_dns_server_answers_with_every_cluster(lab: Lab) -> None:
+    for i in range(3):
+        assert lab.dns_a(i, "web.demo") == demo_addresses(lab, "web", range(3))
+        assert lab.dns_a(i, "api.demo") == demo_addresses(lab, "api", range(3))
+    host = lab.cluster(1)["dns"]["listen"].rsplit(":", 1)[0]
+    dig = subprocess.run(
+        ["dig", f"@{host}", f"web.demo.{lab.m['zone']}", "A", "+short"],
+        capture_output=True, text=True, check=True, timeout=10,
+    )  # fmt: skip
+    assert set(dig.stdout.split()) == demo_addresses(lab, "web", range(3))
+    nx = subprocess.run(
+        ["dig", f"@{host}", f"nope.demo.{lab.m['zone']}", "A"],
+        capture_output=True, text=True, check=True, timeout=10,
+    )  # fmt: skip
+    assert "status: NXDOMAIN" in nx.stdout and "SOA" in nx.stdout
+
+
+def test_geo_policy_answers_by_client_subnet_on_every_server(lab: Lab) -> None:
+    policy = {
+        "kind": "TrafficPolicy",
+        "metadata": {"name": "api", "namespace": "demo"},
+        "spec": {"strategy": "geo", "priorities": [[c["name"]] for c in lab.m["clusters"]]},
+    }
+    assert lab.http.put(lab.api + "/v1/policies/demo/api", json=policy).status_code == 201
+    for i in range(3):
+        # the lab puts 10.<n>.0.0/16 in region n
+        wait_for(
+            f"geo answer on {lab.cluster(i)['name']}",
+            partial(
+                lambda i: (
+                    lab.dns_a(i, "api.demo", "10.2.7.0/24") == demo_addresses(lab, "api", (1,))
+                ),
+                i,
+            ),
+        )
+        assert lab.dns_a(i, "api.demo", "10.3.0.0/24") == demo_addresses(lab, "api", (2,))
 
 
 def test_new_instance_in_a_is_imported_in_b_and_c(lab: Lab) -> None:
@@ -203,17 +261,31 @@ def test_b_and_c_keep_serving_imports_while_control_plane_is_down(lab: Lab) -> N
     before = [lab.agent_imports(i) for i in (1, 2)]
     os.kill(lab.m["control_plane"]["pid"], signal.SIGKILL)
     wait_for("control plane down", lambda: not alive(lab.m["control_plane"]["pid"]))
-    with pytest.raises(httpx.ConnectError):
+    with pytest.raises(httpx.TransportError):
         lab.http.get(lab.api + "/healthz")
     time.sleep(1.0)
     after = [lab.agent_imports(i) for i in (1, 2)]
     assert after == before and after[0]["demo/web"]
+    for i in (1, 2):
+        assert lab.dns_a(i, "web.demo") == demo_addresses(lab, "web", (1, 2)), "DNS keeps answering"
     status = lab.http.get(lab.cluster(1)["agent"]["url"] + "/v1/status").json()
     wait_for(
         "agent notices",
         lambda: not lab.http.get(lab.cluster(1)["agent"]["url"] + "/v1/status").json()["connected"],
     )
     assert status["imports"] >= 2
+
+
+def test_restarted_dns_server_answers_from_its_persisted_zone(lab: Lab) -> None:
+    # the control plane is still down: a restarted DNS server has only its disk
+    b = lab.cluster(1)
+    os.kill(b["dns"]["pid"], signal.SIGKILL)
+    wait_for("old DNS server gone", lambda: not alive(b["dns"]["pid"]))
+    lab.relaunch(b["dns"])
+    wait_for(
+        "restarted DNS server answers",
+        lambda: lab.dns_a(1, "web.demo") == demo_addresses(lab, "web", (1, 2)),
+    )
 
 
 def test_restarted_agent_serves_persisted_imports_before_reconnecting(lab: Lab) -> None:
@@ -237,6 +309,10 @@ def test_control_plane_restart_converges(lab: Lab) -> None:
 
     for i in range(3):
         wait_for(f"{lab.cluster(i)['name']} converged", partial(converged, i))
+        wait_for(
+            f"DNS of {lab.cluster(i)['name']} converged",
+            partial(lambda i: lab.dns_a(i, "web.demo") == demo_addresses(lab, "web", range(3)), i),
+        )
     status = lab.http.get(lab.api + "/v1/status").json()
     assert status["is_leader"] is True
     assert {
@@ -244,7 +320,8 @@ def test_control_plane_restart_converges(lab: Lab) -> None:
         for v in status["clusters"]
         if v["cluster"]["status"]["alive"]
     } == names
-    assert {n["id"] for n in status["nodes"] if n["connected"]} == {f"agent/{n}" for n in names}
+    connected = {n["id"] for n in status["nodes"] if n["connected"]}
+    assert connected == {f"{role}/{n}" for n in names for role in ("agent", "dns")}
 
 
 def test_cli_status_json_and_unreachable_control_plane(lab: Lab, tmp_path: Path) -> None:

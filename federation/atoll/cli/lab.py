@@ -47,6 +47,8 @@ def _table(m: Manifest) -> Table:
     for c in m.clusters:
         t.add_row("registry", c.name, c.region, c.registry.url, str(c.registry.pid))
         t.add_row("agent", c.name, c.region, c.agent.url, str(c.agent.pid))
+        if c.dns is not None:
+            t.add_row("DNS (udp+tcp)", c.name, c.region, c.dns.listen, str(c.dns.pid))
     return t
 
 
@@ -76,8 +78,15 @@ async def _serve(lab: Lab, output: Output, within: float) -> None:
         emit_json(json.loads(manifest.model_dump_json()))
     else:
         console.print(_table(manifest))
+        first = manifest.clusters[0]
+        dns_hint = (
+            f"[bold]dig @{first.dns.listen.rsplit(':', 1)[0]} web.demo.{manifest.zone}[/], "
+            if first.dns is not None
+            else ""
+        )
         console.print(
-            "Try [bold]atoll status[/], [bold]atoll get imports[/], or the API docs at "
+            f"Try [bold]atoll status[/], [bold]atoll get imports[/], {dns_hint}"
+            f"[bold]atoll dns query web.demo.{manifest.zone}[/], or the API docs at "
             f"{manifest.control_plane.api}/docs. Press Ctrl-C to stop."
         )
     reported: set[str] = set()
@@ -110,6 +119,7 @@ def up(
     ] = "127.0",
     api_port: Annotated[int, typer.Option(help="control plane REST API port")] = 7070,
     sync_port: Annotated[int, typer.Option(help="control plane sync (gRPC) port")] = 7071,
+    dns_port: Annotated[int, typer.Option(help="DNS port on each cluster's address")] = 53,
     lease_ttl: Annotated[
         int, typer.Option(min=2, max=300, help="cluster liveness lease, seconds")
     ] = 5,
@@ -132,6 +142,7 @@ def up(
             clusters=clusters,
             api_port=api_port,
             sync_port=sync_port,
+            dns_port=dns_port,
             lease_ttl=lease_ttl,
         )
     except AtollError as exc:

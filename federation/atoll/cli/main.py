@@ -9,6 +9,7 @@ import typer
 
 from atoll import __version__
 from atoll.cli.common import Globals, default_state_dir
+from atoll.cli.dnscmd import dns_app
 from atoll.cli.inspect import get_app, status
 from atoll.cli.lab import up
 from atoll.cli.serve import agent, registry, serve
@@ -53,6 +54,7 @@ def main(
 app.command()(up)
 app.command()(status)
 app.add_typer(get_app, name="get")
+app.add_typer(dns_app, name="dns")
 app.command(rich_help_panel="Components")(serve)
 app.command(rich_help_panel="Components")(agent)
 app.command(rich_help_panel="Components")(registry)

@@ -22,7 +22,7 @@ LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning
 LogFormat = Annotated[str, typer.Option("--log-format", help="json (default) or text")]
 
 
-def _hostport(value: str, what: str) -> tuple[str, int]:
+def hostport(value: str, what: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         fail(f"{what} {value!r}: expected HOST:PORT, e.g. 127.0.0.1:7070")
@@ -58,8 +58,8 @@ def serve(
 
     if not insecure:
         fail(NO_MTLS)
-    api_host, api_port = _hostport(api, "--api")
-    sync_host, sync_port = _hostport(sync, "--sync")
+    api_host, api_port = hostport(api, "--api")
+    sync_host, sync_port = hostport(sync, "--sync")
     config = PlaneConfig(
         store_url=store,
         api_host=api_host,
@@ -115,7 +115,7 @@ def agent(
 
     if not insecure:
         fail(NO_MTLS)
-    host, port = _hostport(listen, "--listen")
+    host, port = hostport(listen, "--listen")
     addresses: dict[str, str] = {}
     for item in address or []:
         name, sep, value = item.partition("=")
@@ -153,7 +153,7 @@ def registry(
     """Run a cluster's built-in service registry (HTTP catalog with health)."""
     from atoll_agent.registry import serve_registry
 
-    host, port = _hostport(listen, "--listen")
+    host, port = hostport(listen, "--listen")
     run_component(
         "registry",
         lambda: serve_registry(host=host, port=port, state_file=state_file),

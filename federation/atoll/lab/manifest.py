@@ -2,7 +2,7 @@
 
 Printed by ``atoll up --output json`` and written to ``<state>/lab/manifest.json``
 while the lab runs, so tools and tests can find (and restart) components.
-DNS and gateway entries are null until those components exist.
+Gateway entries are null until gateways exist.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from atoll.model.base import Frozen
 
-__all__ = ["ClusterEntry", "ComponentEntry", "Manifest", "RegionEntry"]
+__all__ = ["ClusterEntry", "ComponentEntry", "DnsEntry", "Manifest", "RegionEntry"]
 
 
 class ComponentEntry(Frozen):
@@ -28,6 +28,13 @@ class ControlPlaneEntry(ComponentEntry):
     store: str
 
 
+class DnsEntry(ComponentEntry):
+    """``url`` is the admin API; ``listen`` the DNS address (UDP and TCP)."""
+
+    listen: str
+    zone: str
+
+
 class ClusterEntry(Frozen):
     name: str
     region: str
@@ -35,7 +42,7 @@ class ClusterEntry(Frozen):
     address: str
     registry: ComponentEntry
     agent: ComponentEntry
-    dns: ComponentEntry | None = None
+    dns: DnsEntry | None = None
     gateway: ComponentEntry | None = None
     services: list[str]
 
@@ -45,6 +52,7 @@ class RegionEntry(Frozen):
     display_name: str
     latitude: float
     longitude: float
+    client_networks: list[str]
 
 
 class Manifest(Frozen):
@@ -54,4 +62,5 @@ class Manifest(Frozen):
     started_at: datetime
     control_plane: ControlPlaneEntry
     regions: list[RegionEntry]
+    zone: str
     clusters: list[ClusterEntry]

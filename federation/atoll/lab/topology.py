@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from atoll.errors import InvalidError
@@ -34,6 +34,9 @@ class RegionPlan:
     display_name: str
     latitude: float
     longitude: float
+    #: client networks located in the region (geo DNS): the cluster's loopback
+    #: /24, so a resolver on it is "in" the region, and a private /16 for ECS demos
+    client_networks: tuple[str, ...] = ()
 
 
 #: the lab's regions, in cluster order; coordinates of the cities named
@@ -70,6 +73,8 @@ class ClusterPlan:
     ip: str
     registry_port: int
     agent_port: int
+    dns_port: int
+    dns_admin_port: int
     state_dir: Path
     services: tuple[DemoService, ...]
 
@@ -81,6 +86,19 @@ class ClusterPlan:
     def agent_url(self) -> str:
         return f"http://{self.ip}:{self.agent_port}"
 
+    @property
+    def dns_listen(self) -> str:
+        return f"{self.ip}:{self.dns_port}"
+
+    @property
+    def dns_admin_url(self) -> str:
+        return f"http://{self.ip}:{self.dns_admin_port}"
+
+    @property
+    def nameserver(self) -> str:
+        """This cluster's NS name in the federated zone (relative)."""
+        return f"ns-{self.name}"
+
 
 @dataclass(frozen=True, slots=True)
 class LabPlan:
@@ -90,6 +108,7 @@ class LabPlan:
     api_port: int
     sync_port: int
     lease_ttl: int
+    zone: str
     regions: tuple[RegionPlan, ...]
     clusters: tuple[ClusterPlan, ...]
 
@@ -146,7 +165,10 @@ def plan_lab(
     sync_port: int = 7071,
     registry_port: int = 8500,
     agent_port: int = 8501,
+    dns_port: int = 53,
+    dns_admin_port: int = 8553,
     lease_ttl: int = 5,
+    zone: str = "atoll.test.",
 ) -> LabPlan:
     """Plan a lab of ``clusters`` clusters (1-6), one per region."""
     m = _PREFIX.fullmatch(prefix)
@@ -168,7 +190,10 @@ def plan_lab(
             raise InvalidError(f"{what} port {port} is not 1-65535", field=f"{what}_port")
     control_ip = f"{prefix}.0.1"
     ipaddress.ip_address(control_ip)
-    regions = REGIONS[:clusters]
+    regions = tuple(
+        replace(r, client_networks=(f"{prefix}.{i}.0/24", f"10.{i}.0.0/16"))
+        for i, r in enumerate(REGIONS[:clusters], start=1)
+    )
     plans = []
     for i, region in enumerate(regions, start=1):
         ip = f"{prefix}.{i}.1"
@@ -181,6 +206,8 @@ def plan_lab(
                 ip=ip,
                 registry_port=registry_port,
                 agent_port=agent_port,
+                dns_port=dns_port,
+                dns_admin_port=dns_admin_port,
                 state_dir=state_dir / "clusters" / name,
                 services=_demo_services(ip),
             )
@@ -192,6 +219,7 @@ def plan_lab(
         api_port=api_port,
         sync_port=sync_port,
         lease_ttl=lease_ttl,
+        zone=zone,
         regions=regions,
         clusters=tuple(plans),
     )

@@ -31,6 +31,7 @@ from atoll.lab.manifest import (
     ClusterEntry,
     ComponentEntry,
     ControlPlaneEntry,
+    DnsEntry,
     Manifest,
     RegionEntry,
 )
@@ -54,6 +55,7 @@ class Lab:
         self.control_plane: Child | None = None
         self.registries: dict[str, Child] = {}
         self.agents: dict[str, Child] = {}
+        self.dns: dict[str, Child] = {}
         self.started_at = datetime.now(UTC)
 
     @property
@@ -97,6 +99,20 @@ class Lab:
             "--insecure",
         )  # fmt: skip
 
+    def dns_argv(self, c: ClusterPlan) -> list[str]:
+        ns = [f"--nameserver={o.nameserver}={o.ip}" for o in self.plan.clusters]
+        return _py(
+            "dns", "serve",
+            "--cluster", c.name,
+            "--control-plane", self.plan.sync_target,
+            "--state-dir", str(c.state_dir / "dns"),
+            "--listen", c.dns_listen,
+            "--admin", f"{c.ip}:{c.dns_admin_port}",
+            "--zone", self.plan.zone,
+            *ns,
+            "--insecure",
+        )  # fmt: skip
+
     # -- lifecycle -----------------------------------------------------------
     async def start(self, *, within: float = 60.0) -> Manifest:
         try:
@@ -133,6 +149,7 @@ class Lab:
                             "display_name": r.display_name,
                             "latitude": r.latitude,
                             "longitude": r.longitude,
+                            "client_networks": list(r.client_networks),
                         },
                     },
                 )
@@ -158,7 +175,16 @@ class Lab:
                     health_url=f"{c.agent_url}/healthz",
                 )
             for c in p.clusters:
+                self.progress(f"starting DNS server of {c.name} on {c.dns_listen}")
+                self.dns[c.name] = await sup.start(
+                    f"dns-{c.name}",
+                    self.dns_argv(c),
+                    log_path=p.state_dir / "logs" / f"dns-{c.name}.log",
+                    health_url=f"{c.dns_admin_url}/healthz",
+                )
+            for c in p.clusters:
                 await sup.wait_healthy(self.agents[c.name])
+                await sup.wait_healthy(self.dns[c.name])
             await self._converge(http, within)
 
     async def _converge(self, http: httpx.AsyncClient, within: float) -> None:
@@ -180,8 +206,10 @@ class Lab:
                     if {t["cluster"] for t in i["spec"]["targets"] if t["healthy"]} == clusters
                 }
                 done += want <= have
-            self.progress(f"waiting for the federation to converge ({done}/{len(urls)} views)")
-            if done == len(urls):
+            done += sum([await _dns_converged(c, p.zone, len(clusters)) for c in p.clusters])
+            total = len(urls) + len(p.clusters)
+            self.progress(f"waiting for the federation to converge ({done}/{total} views)")
+            if done == total:
                 return
             if died := self.supervisor.exited():
                 c = died[0]
@@ -227,9 +255,11 @@ class Lab:
                     display_name=r.display_name,
                     latitude=r.latitude,
                     longitude=r.longitude,
+                    client_networks=list(r.client_networks),
                 )
                 for r in p.regions
             ],
+            zone=p.zone,
             clusters=[
                 ClusterEntry(
                     name=c.name,
@@ -238,6 +268,14 @@ class Lab:
                     address=c.ip,
                     registry=entry(self.registries[c.name], c.registry_url),
                     agent=entry(self.agents[c.name], c.agent_url),
+                    dns=DnsEntry(
+                        url=c.dns_admin_url,
+                        pid=self.dns[c.name].pid,
+                        argv=list(self.dns[c.name].argv),
+                        log=self.dns[c.name].log_path,
+                        listen=c.dns_listen,
+                        zone=p.zone,
+                    ),
                     services=[f"{DEMO_NAMESPACE}/{s.name}" for s in c.services],
                 )
                 for c in p.clusters
@@ -271,3 +309,22 @@ async def _seed(http: httpx.AsyncClient, c: ClusterPlan) -> None:
                 f"{base}/instances/{inst.id}",
                 {"address": inst.address, "port": inst.port, "zone": c.zone, "health": "passing"},
             )
+
+
+async def _dns_converged(c: ClusterPlan, zone: str, clusters: int) -> bool:
+    """True once the cluster's DNS server answers every demo service with every cluster."""
+    import dns.asyncquery
+    import dns.exception
+    import dns.message
+    import dns.rdatatype
+
+    for s in c.services:
+        query = dns.message.make_query(f"{s.name}.{DEMO_NAMESPACE}.{zone}", "A")
+        try:
+            resp = await dns.asyncquery.udp(query, c.ip, port=c.dns_port, timeout=1.0)
+        except (dns.exception.DNSException, OSError):
+            return False
+        found = sum(len(rrset) for rrset in resp.answer if rrset.rdtype == dns.rdatatype.A)
+        if found < clusters * len(s.instances):
+            return False
+    return True

@@ -191,8 +191,16 @@ class SyncClient:
                 self._counters.last_error = "stream closed by the server"
             except aio.AioRpcError as exc:
                 self._counters.last_error = f"{exc.code().name}: {exc.details()}"
+            except asyncio.InvalidStateError:
+                # grpc.aio raises this from write() once the RPC has ended (server gone)
+                self._counters.last_error = "stream ended while writing"
             except AtollError as exc:
                 self._counters.last_error = str(exc)
+            except Exception as exc:
+                # the loop's one catch-all: a bug in one session must not end the
+                # subscriber, which keeps serving its last-known-good state
+                log.exception("sync session failed", extra={"node": self.node.id})
+                self._counters.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 self._connected.clear()
                 metrics.CLIENT_CONNECTED.set(0)
