@@ -27,6 +27,14 @@ from atoll.model.cluster import (
     Region,
     RegionSpec,
 )
+from atoll.model.drill import (
+    Drill,
+    DrillSpec,
+    DrillStatus,
+    DrillStep,
+    Measurement,
+    PlanRow,
+)
 from atoll.model.names import DnsLabel, validate_label
 from atoll.model.policy import Strategy, TrafficPolicy, TrafficPolicySpec
 from atoll.model.service import (
@@ -41,19 +49,34 @@ from atoll.model.service import (
     ServiceImportStatus,
     ServicePort,
 )
+from atoll.model.trust import (
+    BundleEndpointSpec,
+    EndpointFetchStatus,
+    TrustDomain,
+    TrustDomainSpec,
+    TrustDomainStatus,
+)
 
 __all__ = [
     "KINDS",
     "ROOT",
     "AdminState",
+    "BundleEndpointSpec",
     "Cluster",
     "ClusterSpec",
     "ClusterStatus",
     "Condition",
     "DnsLabel",
+    "Drill",
+    "DrillSpec",
+    "DrillStatus",
+    "DrillStep",
     "Endpoint",
+    "EndpointFetchStatus",
     "ImportTarget",
+    "Measurement",
     "Metadata",
+    "PlanRow",
     "PortConflict",
     "Region",
     "RegionSpec",
@@ -68,6 +91,9 @@ __all__ = [
     "Strategy",
     "TrafficPolicy",
     "TrafficPolicySpec",
+    "TrustDomain",
+    "TrustDomainSpec",
+    "TrustDomainStatus",
     "decode",
     "encode",
     "kind_by_name",
