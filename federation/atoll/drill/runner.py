@@ -43,6 +43,7 @@ __all__ = [
     "DrillRunner",
     "Resolver",
     "StepFailedError",
+    "TakenOverError",
 ]
 
 log = logging.getLogger("atoll.drill")
@@ -55,6 +56,10 @@ RESTORE_FLOOR = 30.0
 
 class StepFailedError(AtollError):
     """A step could not complete (the drill rolls back)."""
+
+
+class TakenOverError(AtollError):
+    """Another worker holds the drill now (this one was presumed dead); stop quietly."""
 
 
 class DrillApi(Protocol):
@@ -141,7 +146,7 @@ class DrillRunner:
                 except ConflictError:
                     self._drill = await self.api.get_drill(drill.metadata.name)
                     if self._drill.status.worker not in (None, self.worker_id):
-                        raise StepFailedError(
+                        raise TakenOverError(
                             f"drill taken over by {self._drill.status.worker}"
                         ) from None
             raise StepFailedError("could not record drill status (too many conflicts)")
@@ -173,6 +178,9 @@ class DrillRunner:
         beats = spawn(self._heartbeats(), name=f"drill-heartbeat:{name}")
         try:
             await self._steps()
+        except TakenOverError as exc:
+            # never roll back a drill someone else is running
+            log.warning("drill taken over; stopping", extra={"drill": name, "reason": str(exc)})
         except (StepFailedError, AtollError, OSError) as exc:
             log.warning("drill failed; rolling back", extra={"drill": name, "error": str(exc)})
             await self._rollback(str(exc))
