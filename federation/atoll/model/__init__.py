@@ -37,6 +37,7 @@ from atoll.model.drill import (
 )
 from atoll.model.names import DnsLabel, validate_label
 from atoll.model.policy import Strategy, TrafficPolicy, TrafficPolicySpec
+from atoll.model.probe import ProbeReport, ProbeReportSpec, ProbeResult
 from atoll.model.service import (
     Endpoint,
     ImportTarget,
@@ -78,6 +79,9 @@ __all__ = [
     "Metadata",
     "PlanRow",
     "PortConflict",
+    "ProbeReport",
+    "ProbeReportSpec",
+    "ProbeResult",
     "Region",
     "RegionSpec",
     "Resource",
