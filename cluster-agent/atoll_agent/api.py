@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -36,6 +37,33 @@ class AgentStatus(Frozen):
     catalog_updated_at: float | None
     exports: int = Field(ge=0)
     imports: int = Field(ge=0)
+    #: the agent's federation identity (None in --insecure mode or before enrollment)
+    spiffe_id: str | None = None
+    svid_not_after: datetime | None = None
+    identity_error: str = ""
+    #: the cluster's own trust domain and CA (None without a cluster CA)
+    trust_domain: str | None = None
+    ca_sequence: int | None = None
+    #: every trust domain the Workload API serves a bundle of, with its sequence
+    bundles: dict[str, int | None] = Field(default_factory=dict)
+    workload_sockets: dict[str, str] = Field(default_factory=dict)
+
+
+def _trust_fields(agent: Agent) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    ident = agent.identity
+    if ident is not None:
+        out["identity_error"] = ident.last_error
+        if ident.state is not None:
+            out["spiffe_id"] = str(ident.state.svid.spiffe_id)
+            out["svid_not_after"] = ident.state.svid.not_after
+    ca = agent.authority
+    if ca is not None:
+        out["trust_domain"] = ca.trust_domain.name
+        out["ca_sequence"] = ca.state.sequence
+        out["bundles"] = {b.trust_domain.name: b.sequence for b in ca.bundles}
+        out["workload_sockets"] = {s.workload: str(s.path) for s in ca.server.sockets}
+    return out
 
 
 def build_agent_app(agent: Agent) -> FastAPI:
@@ -69,6 +97,7 @@ def build_agent_app(agent: Agent) -> FastAPI:
             catalog_updated_at=agent.catalog_updated_at,
             exports=agent.exports_reported,
             imports=len(agent.imports),
+            **_trust_fields(agent),
         )
 
     @app.get("/v1/imports")

@@ -16,6 +16,13 @@ accepted (so a reconnect resumes with a delta), and the server keeps the
 compiled zone (so a restart answers before anything else happens, even with
 the control plane down).
 
+Transport security: with a :class:`~atoll.trusthub.client.WorkloadIdentity`
+the node follows its cluster agent's Workload API (its socket ``dns.sock``)
+for its SVID ``spiffe://<cluster>.<fed>/atoll/dns`` and the federation bundle,
+and connects over mTLS with whatever is current at each (re)connection; it
+needs no join token, and a restart works while the control plane is down.
+``--insecure`` (plaintext) remains for development.
+
 An admin HTTP listener serves ``/healthz``, ``/readyz`` (a zone is loaded),
 ``/metrics``, ``/v1/status`` and ``/v1/explain`` — the answer a client would
 get and why (the strategy's decision trace), used by ``atoll dns query``.
@@ -39,6 +46,7 @@ from atoll.httpserve import serve_http
 from atoll.model import Region, ServiceImport, TrafficPolicy, decode
 from atoll.model.base import Frozen
 from atoll.sync import HeldState, NodeInfo, SyncClient
+from atoll.trusthub.client import WorkloadIdentity
 from atoll_dns.config import DnsConfig
 from atoll_dns.explain import explain
 from atoll_dns.server import DnsServer
@@ -88,6 +96,7 @@ class DnsNode:
         admin_host: str = "127.0.0.1",
         admin_port: int = 0,
         credentials: grpc.ChannelCredentials | None = None,
+        identity: WorkloadIdentity | None = None,
     ) -> None:
         self.config = config
         self.cluster = cluster
@@ -95,6 +104,7 @@ class DnsNode:
         self.admin_host = admin_host
         self.admin_port = admin_port
         self.server = DnsServer(config, state_dir=state_dir)
+        self.identity = identity
         self.sync = SyncClient(
             target=control_plane,
             node=NodeInfo(
@@ -103,7 +113,8 @@ class DnsNode:
             types=SUBSCRIBED,
             state_file=state_dir / "sync-state.json",
             on_update=self._on_update,
-            credentials=credentials,
+            credentials=identity.credentials if identity is not None else credentials,
+            channel_options=identity.channel_options() if identity is not None else (),
         )
 
     async def _on_update(self, state: HeldState, types: frozenset[str]) -> None:
@@ -200,6 +211,8 @@ class DnsNode:
         await self.server.start()
         try:
             async with asyncio.TaskGroup() as tg:
+                if self.identity is not None:
+                    tg.create_task(self.identity.source.run(), name=f"dns-svid:{self.cluster}")
                 tg.create_task(self.sync.run(), name=f"dns-sync:{self.cluster}")
                 tg.create_task(
                     serve_http(

@@ -8,7 +8,8 @@ Three sets, each compiled with its *source root* as include path, so the
 generated modules import each other by their package path and need no
 fix-ups:
 
-* the sync protocol — ``federation/atoll/sync/v1/sync.proto`` (with gRPC stubs);
+* the sync protocol and enrollment — ``federation/atoll/sync/v1/sync.proto`` and
+  ``enrollment.proto`` (with gRPC stubs);
 * the etcd v3 API subset — ``federation/atoll/store/etcd/api/*.proto``
   (messages only: :mod:`atoll.store.etcd.rpc` names the methods itself);
 * the SPIFFE Workload API — ``trust/atoll_trust/workload_api/workload.proto``
@@ -53,7 +54,12 @@ class ProtoSet:
 
 
 PROTO_SETS = (
-    ProtoSet("sync", "federation", ("atoll/sync/v1/sync.proto",), services=True),
+    ProtoSet(
+        "sync",
+        "federation",
+        ("atoll/sync/v1/sync.proto", "atoll/sync/v1/enrollment.proto"),
+        services=True,
+    ),
     ProtoSet(
         "etcd",
         "federation",

@@ -11,6 +11,7 @@ import pytest
 
 from atoll.aio import cancel_and_wait, spawn
 from atoll.control.plane import ControlPlane, PlaneConfig
+from atoll.trusthub.hub import TrustSettings
 
 
 class RunningPlane:
@@ -19,25 +20,50 @@ class RunningPlane:
         self.task = task
 
     @property
+    def host(self) -> str:
+        return self.plane.config.api_host
+
+    @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.plane.api_port}"
+        return f"http://{self.host}:{self.plane.api_port}"
 
     @property
     def sync(self) -> str:
-        return f"127.0.0.1:{self.plane.sync_port}"
+        return f"{self.host}:{self.plane.sync_port}"
+
+    @property
+    def enroll(self) -> str:
+        return f"{self.host}:{self.plane.enroll_port}"
 
 
-async def start_plane(tmp: Path, *, lease_ttl: int = 2, server_id: str = "cp-test") -> RunningPlane:
+async def start_plane(
+    tmp: Path,
+    *,
+    lease_ttl: int = 2,
+    server_id: str = "cp-test",
+    host: str = "127.0.0.1",
+    insecure: bool = True,
+    trust: TrustSettings | None = None,
+    bundle_endpoint: bool = False,
+) -> RunningPlane:
+    """A control plane; ``insecure`` (plaintext, AllowAll) unless a test asks for mTLS."""
     ready = asyncio.Event()
     plane = ControlPlane(
         PlaneConfig(
             store_url=f"sqlite://{tmp / 'store.db'}",
+            api_host=host,
             api_port=0,
+            sync_host=host,
             sync_port=0,
+            enroll_host=host,
+            enroll_port=0,
             server_id=server_id,
             lease_ttl=lease_ttl,
             heartbeat_interval=0.2,
             leader_ttl=2,
+            insecure=insecure,
+            trust=trust or TrustSettings(),
+            bundle_endpoint=(host, 0) if bundle_endpoint else None,
         )
     )
     task = spawn(plane.run(on_ready=lambda _p: ready.set()), name="test-plane")

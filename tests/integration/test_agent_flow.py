@@ -62,6 +62,7 @@ class Agents:
                 catalog_file=cat,
                 listen_port=0,
                 state_dir=self.tmp / cluster,
+                insecure=True,
             ),
             source=FileSource(cat, interval=0.05),
         )

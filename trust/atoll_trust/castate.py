@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 
 from atoll_trust.ca import JwtAuthority, X509Authority
 from atoll_trust.errors import CaStateCorruptError, KeyDecryptionError
+from atoll_trust.files import write_private_file
 from atoll_trust.kek import KeyEncryptor, open_private_key, seal_private_key
 from atoll_trust.rotation import AuthorityState, CaState, Slot
 from atoll_trust.spiffe_id import parse_trust_domain
@@ -146,14 +146,7 @@ def load_ca_state(data: bytes, encryptor: KeyEncryptor) -> CaState:
 
 def write_ca_state_file(path: Path, state: CaState, encryptor: KeyEncryptor) -> None:
     """Atomically replace ``path`` with the sealed state (mode 0600)."""
-    data = dump_ca_state(state, encryptor)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_private_file(path, dump_ca_state(state, encryptor))
 
 
 def read_ca_state_file(path: Path, encryptor: KeyEncryptor) -> CaState:

@@ -50,6 +50,7 @@ __all__ = [
     "AesGcmKeyEncryptor",
     "KeyEncryptor",
     "generate_kek_text",
+    "load_key_encryptor",
     "open_private_key",
     "seal_private_key",
 ]
@@ -173,6 +174,24 @@ class AesGcmKeyEncryptor:
                 f"sealed key failed authentication for trust domain {trust_domain}: "
                 "the data was tampered with or sealed for another trust domain"
             ) from exc
+
+
+def load_key_encryptor(
+    kek_file: Path | None,
+    *,
+    env_name: str = "ATOLL_TRUST_KEK",
+    environ: Mapping[str, str] | None = None,
+) -> AesGcmKeyEncryptor:
+    """The KEK from ``kek_file`` if given, else from ``$ATOLL_TRUST_KEK``; never a default."""
+    if kek_file is not None:
+        return AesGcmKeyEncryptor.from_file(kek_file)
+    env = os.environ if environ is None else environ
+    if not env.get(env_name):
+        raise KekUnavailableError(
+            f"no key-encryption key: pass --kek-file FILE or set ${env_name} "
+            "(create one with `atoll trust kek > FILE`)"
+        )
+    return AesGcmKeyEncryptor.from_env(env_name, environ=env)
 
 
 def seal_private_key(

@@ -70,6 +70,7 @@ from atoll_trust.verify import BundleSource, VerifiedX509Svid, verify_x509_svid
 __all__ = [
     "Authorizer",
     "build_client_context",
+    "build_endpoint_context",
     "build_server_context",
     "peer_chain",
     "pooled_roots_pem",
@@ -125,6 +126,20 @@ def build_server_context(
     wanted = set(accept) if accept is not None else set(bundles.trust_domains)
     chosen = [b for b in bundles if b.trust_domain in wanted]
     return _base(ssl.Purpose.CLIENT_AUTH, svid, pooled_roots_pem(chosen))
+
+
+def build_endpoint_context(svid: X509Svid) -> ssl.SSLContext:
+    """A server context presenting ``svid`` that asks clients for nothing.
+
+    For the SPIFFE bundle endpoint's https_spiffe profile: the bundle is
+    public, so clients are anonymous; they authenticate the *server* (its SVID
+    against the domain's bundle they already hold).
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_NONE
+    _load_svid(ctx, svid)
+    return ctx
 
 
 def build_client_context(svid: X509Svid | None, peer_bundle: TrustBundle) -> ssl.SSLContext:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
 from fastapi import FastAPI, Header, Request, Response
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from atoll import __version__
+from atoll.api.trust import TrustApi, build_trust_router
 from atoll.api.views import (
     AdminStateBody,
     ClusterView,
@@ -77,6 +79,8 @@ class ApiContext:
     leader: Callable[[], str | None]
     is_leader: Callable[[], bool]
     ready: Callable[[], bool]
+    #: the trust hub; None on an --insecure control plane
+    trust: TrustApi | None = None
 
 
 def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
@@ -305,6 +309,9 @@ def build_app(ctx: ApiContext) -> FastAPI:
             services=_service_rows(imports),
             nodes=[_node_view(n) for n in ctx.nodes()],
         )
+
+    # -- trust: join tokens, bundles, rotation, federation, status -------------
+    app.include_router(build_trust_router(repo, ctx.trust, clock=lambda: datetime.now(UTC)))
 
     # -- anything else under /v1 is an unknown kind ---------------------------
     @app.api_route(

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from atoll.cli.common import Output, console, emit_json, fail, globals_of, user_errors
 from atoll.cli.runner import run_component
-from atoll.cli.serve import NO_MTLS, LogFormat, LogLevel, hostport
+from atoll.cli.serve import INSECURE_HELP, FederationDomain, LogFormat, LogLevel, hostport
 
 __all__ = ["dns_app"]
 
@@ -34,21 +34,40 @@ def dns_serve(
     nameserver: Annotated[
         list[str] | None, typer.Option(help="NS record NAME=ADDRESS (repeatable)")
     ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="plaintext sync channel (development; no mTLS yet)")
-    ] = False,
+    workload_socket: Annotated[
+        Path | None,
+        typer.Option(
+            help="the cluster agent's Workload API socket for this server (its SVID for mTLS)"
+        ),
+    ] = None,
+    federation_domain: FederationDomain = "atoll.lab",
+    insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
     log_level: LogLevel = "info",
     log_format: LogFormat = "json",
 ) -> None:
     """Run an authoritative DNS server for the federated zone, fed by the control plane."""
     from pydantic import ValidationError
 
+    from atoll.errors import AtollError
     from atoll.model.base import invalid_from
+    from atoll.trusthub.client import WorkloadIdentity
+    from atoll.trusthub.naming import parse_federation_domain
     from atoll_dns.config import DnsConfig, NameServerConfig
     from atoll_dns.node import DnsNode
+    from atoll_trust.workload_api.client import X509Source
 
-    if not insecure:
-        fail(NO_MTLS)
+    if insecure == (workload_socket is not None):
+        fail(
+            "give --workload-socket (the agent's Workload API socket of this DNS server, "
+            "for mTLS) or, in development only, --insecure"
+        )
+    identity: WorkloadIdentity | None = None
+    if workload_socket is not None:
+        try:
+            federation = parse_federation_domain(federation_domain)
+        except AtollError as exc:
+            fail(str(exc))
+        identity = WorkloadIdentity(X509Source(workload_socket), federation=federation)
     host, port = hostport(listen, "--listen")
     admin_host, admin_port = hostport(admin, "--admin")
     servers: list[NameServerConfig] = []
@@ -71,6 +90,7 @@ def dns_serve(
         state_dir=state_dir,
         admin_host=admin_host,
         admin_port=admin_port,
+        identity=identity,
     )
     run_component(f"dns/{cluster}", node.run, log_level=log_level, log_format=log_format)
 

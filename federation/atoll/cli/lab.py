@@ -43,10 +43,16 @@ def _table(m: Manifest) -> Table:
         t.add_column(col)
     cp = m.control_plane
     t.add_row("control plane API", "-", "-", cp.api, str(cp.pid))
-    t.add_row("control plane sync (gRPC)", "-", "-", cp.sync, str(cp.pid))
+    t.add_row("control plane sync (gRPC, mTLS)", "-", "-", cp.sync, str(cp.pid))
+    if cp.enroll:
+        t.add_row("control plane enrollment (TLS)", "-", "-", cp.enroll, str(cp.pid))
+    if cp.bundle_endpoint:
+        t.add_row("SPIFFE bundle endpoint", "-", "-", cp.bundle_endpoint, str(cp.pid))
     for c in m.clusters:
         t.add_row("registry", c.name, c.region, c.registry.url, str(c.registry.pid))
         t.add_row("agent", c.name, c.region, c.agent.url, str(c.agent.pid))
+        for name, sock in c.workload_sockets.items():
+            t.add_row(f"Workload API ({name})", c.name, c.region, str(sock), str(c.agent.pid))
         if c.dns is not None:
             t.add_row("DNS (udp+tcp)", c.name, c.region, c.dns.listen, str(c.dns.pid))
     return t
@@ -118,7 +124,13 @@ def up(
         typer.Option(help="loopback range: control plane on <range>.0.1, cluster N on <range>.N.1"),
     ] = "127.0",
     api_port: Annotated[int, typer.Option(help="control plane REST API port")] = 7070,
-    sync_port: Annotated[int, typer.Option(help="control plane sync (gRPC) port")] = 7071,
+    sync_port: Annotated[int, typer.Option(help="control plane sync (gRPC, mTLS) port")] = 7071,
+    enroll_port: Annotated[
+        int, typer.Option(help="control plane enrollment (gRPC, TLS) port")
+    ] = 7072,
+    bundle_port: Annotated[
+        int, typer.Option(help="the federation's SPIFFE bundle endpoint port (https_spiffe)")
+    ] = 7073,
     dns_port: Annotated[int, typer.Option(help="DNS port on each cluster's address")] = 53,
     lease_ttl: Annotated[
         int, typer.Option(min=2, max=300, help="cluster liveness lease, seconds")
@@ -142,6 +154,8 @@ def up(
             clusters=clusters,
             api_port=api_port,
             sync_port=sync_port,
+            enroll_port=enroll_port,
+            bundle_port=bundle_port,
             dns_port=dns_port,
             lease_ttl=lease_ttl,
         )

@@ -13,6 +13,7 @@ from atoll.cli.dnscmd import dns_app
 from atoll.cli.inspect import get_app, status
 from atoll.cli.lab import up
 from atoll.cli.serve import agent, registry, serve
+from atoll.cli.trustcmd import join_token_app, trust_app
 
 __all__ = ["app"]
 
@@ -55,6 +56,8 @@ app.command()(up)
 app.command()(status)
 app.add_typer(get_app, name="get")
 app.add_typer(dns_app, name="dns")
+app.add_typer(trust_app, name="trust")
+app.add_typer(join_token_app, name="join-token")
 app.command(rich_help_panel="Components")(serve)
 app.command(rich_help_panel="Components")(agent)
 app.command(rich_help_panel="Components")(registry)

@@ -12,12 +12,24 @@ from atoll.cli.runner import run_component
 
 __all__ = ["agent", "registry", "serve"]
 
-NO_MTLS = (
-    "the sync channel has no mTLS yet: pass --insecure to run it in plaintext on a trusted network"
+INSECURE_HELP = (
+    "development only: plaintext sync channel, no identities or authorization "
+    "(never on an untrusted network)"
 )
-NO_MTLS = (
-    "the sync channel has no mTLS yet: pass --insecure to run it in plaintext on a trusted network"
-)
+FederationDomain = Annotated[
+    str,
+    typer.Option(
+        envvar="ATOLL_FEDERATION_DOMAIN",
+        help="the federation's SPIFFE trust domain (clusters get <cluster>.<this>)",
+    ),
+]
+KekFile = Annotated[
+    Path | None,
+    typer.Option(
+        help="key-encryption key sealing CA keys at rest (default: $ATOLL_TRUST_KEK); "
+        "create one with `atoll trust kek`"
+    ),
+]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="json (default) or text")]
 
@@ -36,40 +48,83 @@ def serve(
     ] = "sqlite://atoll.db",
     api: Annotated[str, typer.Option(help="REST API listen address HOST:PORT")] = "127.0.0.1:7070",
     sync: Annotated[
-        str, typer.Option(help="sync (gRPC) listen address HOST:PORT")
+        str, typer.Option(help="sync (gRPC, mTLS) listen address HOST:PORT")
     ] = "127.0.0.1:7071",
+    enroll: Annotated[
+        str, typer.Option(help="enrollment (gRPC, server-authenticated TLS) address HOST:PORT")
+    ] = "127.0.0.1:7072",
+    federation_domain: FederationDomain = "atoll.lab",
+    kek_file: KekFile = None,
+    bundle_endpoint: Annotated[
+        str | None,
+        typer.Option(help="serve the federation's SPIFFE bundle endpoint on HOST:PORT"),
+    ] = None,
+    bundle_endpoint_cert: Annotated[
+        Path | None,
+        typer.Option(help="https_web profile: Web PKI certificate chain (PEM) of the endpoint"),
+    ] = None,
+    bundle_endpoint_key: Annotated[
+        Path | None, typer.Option(help="https_web profile: its private key (PEM)")
+    ] = None,
+    svid_ttl: Annotated[
+        int, typer.Option(min=60, help="lifetime of the SVIDs the federation CA issues, seconds")
+    ] = 3600,
+    ca_publish_lead: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="seconds a forced rotation's new CA is published before it signs"
+        ),
+    ] = 300.0,
     server_id: Annotated[str, typer.Option(help="replica id (default: hostname:api-port)")] = "",
     lease_ttl: Annotated[
         int, typer.Option(min=2, max=300, help="cluster liveness lease, seconds")
     ] = 5,
     leader_ttl: Annotated[int, typer.Option(min=2, max=300, help="leader lease, seconds")] = 5,
-    insecure: Annotated[
-        bool,
-        typer.Option(
-            "--insecure",
-            help="plaintext sync channel on a trusted network (development; mTLS is not built yet)",
-        ),
-    ] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
     log_level: LogLevel = "info",
     log_format: LogFormat = "json",
 ) -> None:
-    """Run a global control plane replica: store, REST API, sync server, reconciler."""
-    from atoll.control.plane import ControlPlane, PlaneConfig
+    """Run a global control plane replica: store, REST API, sync server, reconciler, trust hub."""
+    import datetime as dt
 
-    if not insecure:
-        fail(NO_MTLS)
+    from atoll.control.plane import ControlPlane, PlaneConfig
+    from atoll.errors import AtollError
+    from atoll.trusthub.hub import TrustSettings
+    from atoll.trusthub.naming import parse_federation_domain
+    from atoll_trust.rotation import RotationPolicy
+
     api_host, api_port = hostport(api, "--api")
     sync_host, sync_port = hostport(sync, "--sync")
+    enroll_host, enroll_port = hostport(enroll, "--enroll")
+    endpoint = hostport(bundle_endpoint, "--bundle-endpoint") if bundle_endpoint else None
+    if (bundle_endpoint_cert is None) != (bundle_endpoint_key is None):
+        fail("--bundle-endpoint-cert and --bundle-endpoint-key go together (https_web profile)")
+    try:
+        parse_federation_domain(federation_domain)
+        ttl = dt.timedelta(seconds=svid_ttl)
+        policy = RotationPolicy(
+            ca_ttl=max(dt.timedelta(hours=24), ttl * 6),
+            x509_svid_ttl=ttl,
+            min_publish_lead=dt.timedelta(seconds=ca_publish_lead),
+        )
+    except AtollError as exc:
+        fail(str(exc))
     config = PlaneConfig(
         store_url=store,
         api_host=api_host,
         api_port=api_port,
         sync_host=sync_host,
         sync_port=sync_port,
+        enroll_host=enroll_host,
+        enroll_port=enroll_port,
         server_id=server_id,
         lease_ttl=lease_ttl,
         leader_ttl=leader_ttl,
         insecure=insecure,
+        bundle_endpoint=endpoint,
+        bundle_web_cert=bundle_endpoint_cert,
+        bundle_web_key=bundle_endpoint_key,
+        trust=TrustSettings(federation_domain=federation_domain, kek_file=kek_file, policy=policy),
     )
     run_component(
         "control-plane",
@@ -100,28 +155,66 @@ def agent(
         list[str] | None,
         typer.Option(help="a federation-facing address NAME=HOST:PORT (repeatable)"),
     ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="plaintext sync channel (development; no mTLS yet)")
-    ] = False,
+    federation_domain: FederationDomain = "atoll.lab",
+    join_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ATOLL_JOIN_TOKEN",
+            help="first start only: one-time token from `atoll join-token create`",
+        ),
+    ] = None,
+    federation_bundle: Annotated[
+        Path | None,
+        typer.Option(help="first start only: the federation's SPIFFE bundle JSON"),
+    ] = None,
+    enroll: Annotated[
+        str | None,
+        typer.Option(help="first start only: the control plane's enrollment address HOST:PORT"),
+    ] = None,
+    kek_file: KekFile = None,
+    workload: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="serve NAME an SVID for spiffe://<cluster domain>/PATH on "
+            "<state-dir>/workload/NAME.sock: NAME=PATH (repeatable)"
+        ),
+    ] = None,
+    federates_with: Annotated[
+        list[str] | None,
+        typer.Option(help="only these trust domains receive this cluster's bundle (repeatable)"),
+    ] = None,
+    ca_publish_lead: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="seconds a forced rotation's new CA is published before it signs"
+        ),
+    ] = 300.0,
+    insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
     log_level: LogLevel = "info",
     log_format: LogFormat = "json",
 ) -> None:
-    """Run a cluster agent: report the cluster's exports, receive its imports."""
+    """Run a cluster agent: report exports, receive imports, run the cluster CA and Workload API."""
     from pydantic import ValidationError
 
     from atoll.model.base import invalid_from
     from atoll_agent.agent import Agent
     from atoll_agent.config import AgentConfig
 
-    if not insecure:
-        fail(NO_MTLS)
     host, port = hostport(listen, "--listen")
+    if enroll is not None:
+        hostport(enroll, "--enroll")
     addresses: dict[str, str] = {}
     for item in address or []:
         name, sep, value = item.partition("=")
         if not sep:
             fail(f"--address {item!r}: expected NAME=HOST:PORT")
         addresses[name] = value
+    workloads: dict[str, str] = {}
+    for item in workload or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--workload {item!r}: expected NAME=SPIFFE-ID-PATH, e.g. dns=atoll/dns")
+        workloads[name] = value
     try:
         config = AgentConfig(
             cluster=cluster,
@@ -134,6 +227,15 @@ def agent(
             listen_port=port,
             state_dir=state_dir,
             addresses=addresses,
+            insecure=insecure,
+            federation_domain=federation_domain,
+            join_token=join_token,
+            federation_bundle_file=federation_bundle,
+            enroll_endpoint=enroll,
+            kek_file=kek_file,
+            workloads=workloads,
+            federates_with=tuple(federates_with or ()),
+            ca_publish_lead=ca_publish_lead,
         )
     except ValidationError as exc:
         fail(str(invalid_from(exc, "agent configuration")))

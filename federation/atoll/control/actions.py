@@ -10,8 +10,9 @@ race re-runs the reconcile, never blindly retries the write).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from atoll.control.derive import Derived
@@ -19,7 +20,7 @@ from atoll.control.repo import Repo
 from atoll.errors import ConflictError
 from atoll.model import Cluster, Resource, ServiceExport, ServiceImport, encode
 
-__all__ = ["Delete", "ExecResult", "Put", "execute", "plan_actions"]
+__all__ = ["Delete", "ExecResult", "OnWritten", "Put", "execute", "plan_actions"]
 
 log = logging.getLogger("atoll.control.actions")
 
@@ -83,16 +84,56 @@ def plan_actions(
     return actions
 
 
-async def execute(repo: Repo, actions: Sequence[Action]) -> ExecResult:
+#: writes in flight at once. Every action is a CAS on its own key, so they are
+#: independent; issuing them together lets the store group-commit them (one
+#: fsync for the lot in SQLite, pipelined RPCs on etcd). One at a time, the
+#: first pass over 20,000 exports took about a minute of fsyncs (measured by
+#: tests/bench/bench_sync.py) and delayed every other change behind it.
+EXECUTE_CONCURRENCY = 64
+
+
+#: told (store key, revision) of each write as soon as it is applied
+OnWritten = Callable[[str, int], None]
+
+
+async def _apply(repo: Repo, action: Action, on_written: OnWritten | None) -> bool:
+    """Apply one action; False when it lost its CAS race."""
+    revision: int | None
+    try:
+        if isinstance(action, Put):
+            stored = await repo.put(action.resource, expect=action.expect)
+            key, revision = stored.key(), stored.metadata.revision
+        else:
+            key, revision = action.key, await repo.store.delete(action.key, expect=action.expect)
+    except ConflictError as exc:
+        log.debug("lost a CAS race; will re-plan", extra={"key": exc.key})
+        return False
+    if on_written is not None and revision is not None:
+        on_written(key, revision)
+    return True
+
+
+async def execute(
+    repo: Repo,
+    actions: Sequence[Action],
+    *,
+    concurrency: int = EXECUTE_CONCURRENCY,
+    on_written: OnWritten | None = None,
+) -> ExecResult:
+    """Apply ``actions`` in waves of ``concurrency``, in plan order between waves.
+
+    A wave always runs to its end; then the first error other than a lost CAS
+    (if any) is raised, so no write is left running behind the caller.
+    """
     applied = conflicts = 0
-    for action in actions:
-        try:
-            if isinstance(action, Put):
-                await repo.put(action.resource, expect=action.expect)
-            else:
-                await repo.store.delete(action.key, expect=action.expect)
-            applied += 1
-        except ConflictError as exc:
-            conflicts += 1
-            log.debug("lost a CAS race; will re-plan", extra={"key": exc.key})
+    for start in range(0, len(actions), concurrency):
+        wave = actions[start : start + concurrency]
+        outcomes = await asyncio.gather(
+            *(_apply(repo, a, on_written) for a in wave), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        applied += sum(1 for o in outcomes if o is True)
+        conflicts += sum(1 for o in outcomes if o is False)
     return ExecResult(applied=applied, conflicts=conflicts)

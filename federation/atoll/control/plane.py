@@ -7,6 +7,16 @@ imports, export conditions, cluster health — has one writer: the replica that
 holds the leader lease (:mod:`atoll.store.election`). Losing the lease cancels
 the reconciler at once; another replica takes over when the lease expires.
 
+Transport security (:mod:`atoll.trusthub`): unless ``insecure`` (an explicit
+development mode), the replica loads the federation CA from the store, serves
+the sync stream over mTLS (client SVID required, verified per stream against
+its own domain's bundle by :class:`~atoll.trusthub.authz.SpiffeAuthorizer`)
+and the Enrollment service on a second, server-authenticated TLS port; both
+reload their certificate and roots on every handshake. The leader also
+rotates the federation CA and polls foreign bundle endpoints. With
+``bundle_endpoint`` set, the replica serves the federation domain's SPIFFE
+bundle endpoint (:mod:`atoll.trusthub.endpoint`).
+
 Shutdown is by cancellation (SIGTERM/SIGINT in :mod:`atoll.cli.serve`): the
 gRPC server gets a grace period to end streams, the HTTP server lets in-flight
 requests finish, then the store is closed.
@@ -18,8 +28,10 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import grpc
 from grpc import aio
 
 from atoll.aio import spawn
@@ -29,22 +41,32 @@ from atoll.control.feeds import feed_table
 from atoll.control.liveness import Liveness
 from atoll.control.reconciler import Reconciler
 from atoll.control.repo import Repo
-from atoll.control.reports import AgentReports
+from atoll.control.reports import REPORTABLE, AgentReports
 from atoll.errors import FatalError
 from atoll.httpserve import serve_http
-from atoll.model import Cluster, Region, Resource, ServiceImport, TrafficPolicy
+from atoll.model import Cluster, Region, Resource, ServiceImport, TrafficPolicy, TrustDomain
 from atoll.store import Store
 from atoll.store.election import LeaderElection, LeadershipLostError
 from atoll.store.urls import open_store
-from atoll.sync import ResourceTable, SyncServicer
+from atoll.sync import AllowAll, Authorizer, ResourceTable, SyncServicer
+from atoll.sync.v1 import enrollment_pb2_grpc as enroll_grpc
 from atoll.sync.v1 import sync_pb2_grpc as pb_grpc
+from atoll.trusthub.endpoint import BundleEndpoint
+from atoll.trusthub.hub import TrustHub, TrustSettings
+from atoll.trusthub.naming import parse_federation_domain
 
 __all__ = ["SYNC_KINDS", "ControlPlane", "PlaneConfig"]
 
 log = logging.getLogger("atoll.control.plane")
 
 #: kinds subscribers can receive over the sync stream
-SYNC_KINDS: tuple[type[Resource], ...] = (ServiceImport, TrafficPolicy, Region, Cluster)
+SYNC_KINDS: tuple[type[Resource], ...] = (
+    ServiceImport,
+    TrafficPolicy,
+    Region,
+    Cluster,
+    TrustDomain,
+)
 LEADER_KEY = "/atoll/v1/leader"
 GRPC_SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
@@ -62,12 +84,21 @@ class PlaneConfig:
     api_port: int = 7070
     sync_host: str = "127.0.0.1"
     sync_port: int = 7071
+    #: the Enrollment service's server-authenticated TLS port (mTLS mode only)
+    enroll_host: str = "127.0.0.1"
+    enroll_port: int = 7072
     server_id: str = ""
     lease_ttl: int = 5
     heartbeat_interval: float = 1.0
     leader_ttl: int = 5
-    #: plaintext gRPC on the sync port; the trust work replaces this with mTLS
-    insecure: bool = True
+    #: development only: plaintext gRPC on the sync port, no enrollment, AllowAll
+    insecure: bool = False
+    trust: TrustSettings = field(default_factory=TrustSettings)
+    #: the federation domain's SPIFFE bundle endpoint (host, port); None = not served
+    bundle_endpoint: tuple[str, int] | None = None
+    #: https_web instead of https_spiffe: the endpoint's Web PKI certificate and key
+    bundle_web_cert: Path | None = None
+    bundle_web_key: Path | None = None
 
     def resolved_id(self) -> str:
         return self.server_id or f"{socket.gethostname()}:{self.api_port}"
@@ -81,6 +112,9 @@ class ControlPlane:
         self.tables = {cls.KIND: ResourceTable(cls.KIND) for cls in SYNC_KINDS}
         self.api_port: int | None = None
         self.sync_port: int | None = None
+        self.enroll_port: int | None = None
+        self.bundle_port: int | None = None
+        self.trust: TrustHub | None = None
         self.election: LeaderElection | None = None
         self._ready = asyncio.Event()
         for table in self.tables.values():
@@ -91,15 +125,26 @@ class ControlPlane:
 
     async def run(self, *, on_ready: Callable[[ControlPlane], None] | None = None) -> None:
         cfg = self.config
-        if not cfg.insecure:
-            raise FatalError("mTLS on the sync channel is not built yet; run with --insecure")
+        federation = parse_federation_domain(cfg.trust.federation_domain)
         store = self._store or open_store(cfg.store_url)
         repo = Repo(store)
         liveness = Liveness(store, ttl=cfg.lease_ttl, holder=self.server_id)
+        hub: TrustHub | None = None
+        authorizer: Authorizer = AllowAll()
+        if not cfg.insecure:
+            self.trust = hub = TrustHub(
+                store,
+                settings=cfg.trust,
+                domains=self.tables[TrustDomain.KIND],
+                reportable=REPORTABLE,
+            )
+            await hub.start()
+            authorizer = hub.authorizer
         servicer = SyncServicer(
             server_id=self.server_id,
             tables=self.tables,
-            sink=AgentReports(repo, liveness),
+            sink=AgentReports(repo, liveness, federation=federation),
+            authorizer=authorizer,
             heartbeat_interval=cfg.heartbeat_interval,
             lease_ttl=float(cfg.lease_ttl),
         )
@@ -108,12 +153,24 @@ class ControlPlane:
         )
         grpc_server = aio.server(options=GRPC_SERVER_OPTIONS)
         pb_grpc.add_SyncServicer_to_server(servicer, grpc_server)
-        try:
-            self.sync_port = grpc_server.add_insecure_port(f"{cfg.sync_host}:{cfg.sync_port}")
-        except RuntimeError as exc:
-            raise FatalError(
-                f"sync server cannot listen on {cfg.sync_host}:{cfg.sync_port}: {exc}"
-            ) from exc
+        if hub is None:
+            self.sync_port = _listen(grpc_server, cfg.sync_host, cfg.sync_port, "sync server", None)
+        else:
+            enroll_grpc.add_EnrollmentServicer_to_server(hub.enrollment, grpc_server)
+            self.sync_port = _listen(
+                grpc_server,
+                cfg.sync_host,
+                cfg.sync_port,
+                "sync server (mTLS)",
+                hub.tls.credentials(require_client_auth=True),
+            )
+            self.enroll_port = _listen(
+                grpc_server,
+                cfg.enroll_host,
+                cfg.enroll_port,
+                "enrollment server (TLS)",
+                hub.tls.credentials(require_client_auth=False),
+            )
         app = build_app(
             ApiContext(
                 repo=repo,
@@ -123,6 +180,7 @@ class ControlPlane:
                 leader=election.current_leader,
                 is_leader=lambda: election.is_leader,
                 ready=self.ready,
+                trust=hub,
             )
         )
 
@@ -138,6 +196,8 @@ class ControlPlane:
                 "server_id": self.server_id,
                 "store": cfg.store_url,
                 "sync_port": self.sync_port,
+                "enroll_port": self.enroll_port,
+                "mtls": hub is not None,
             },
         )
         try:
@@ -147,7 +207,24 @@ class ControlPlane:
                         feed_table(store, cls, self.tables[cls.KIND]), name=f"feed:{cls.KIND}"
                     )
                 tg.create_task(election.run(), name="election")
-                tg.create_task(self._lead(election, Reconciler(repo)), name="leader")
+                tg.create_task(self._lead(election, Reconciler(repo), hub), name="leader")
+                if hub is not None:
+                    tg.create_task(hub.run(), name="trust")
+                if hub is not None and cfg.bundle_endpoint is not None:
+                    endpoint = BundleEndpoint(
+                        bundle=hub.federation_bundle,
+                        svid=lambda: hub.svid if hub is not None else None,
+                        web_cert=cfg.bundle_web_cert,
+                        web_key=cfg.bundle_web_key,
+                    )
+
+                    def bundle_listening(port: int) -> None:
+                        self.bundle_port = port
+
+                    tg.create_task(
+                        endpoint.serve(*cfg.bundle_endpoint, on_listening=bundle_listening),
+                        name="bundle-endpoint",
+                    )
                 tg.create_task(
                     serve_http(
                         app,
@@ -173,14 +250,21 @@ class ControlPlane:
         await self._ready.wait()
         on_ready(self)
 
-    async def _lead(self, election: LeaderElection, reconciler: Reconciler) -> None:
-        """Run the reconciler exactly while this replica is the leader."""
+    async def _lead(
+        self, election: LeaderElection, reconciler: Reconciler, hub: TrustHub | None
+    ) -> None:
+        """Run the reconciler (and the trust hub's leader work) exactly while leader."""
         while True:
             try:
                 async with election.leadership():
                     metrics.IS_LEADER.set(1)
                     log.info("became leader; reconciling", extra={"server_id": self.server_id})
-                    await reconciler.run()
+                    if hub is None:
+                        await reconciler.run()
+                    else:
+                        async with asyncio.TaskGroup() as tg:
+                            tg.create_task(reconciler.run(), name="reconciler")
+                            tg.create_task(hub.lead(), name="trust-leader")
             except LeadershipLostError as exc:
                 log.warning(
                     "stopped reconciling: leadership lost",
@@ -188,3 +272,19 @@ class ControlPlane:
                 )
             finally:
                 metrics.IS_LEADER.set(0)
+
+
+def _listen(
+    server: aio.Server,
+    host: str,
+    port: int,
+    what: str,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
+    address = f"{host}:{port}"
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise FatalError(f"{what} cannot listen on {address}: {exc}") from exc

@@ -12,7 +12,11 @@ compare-and-swap on the observed revision; a lost race is not retried — the
 winning write arrives through the watch and triggers the next pass. A full
 pass also runs every ``resync_interval`` seconds even without changes, so
 state converges even if an event were missed. Its own writes come back
-through the watch as well and produce a pass that plans nothing.
+through the watch as well; a watch batch made only of those echoes (same key,
+same revision as written) does not trigger a pass: derivation does not read
+what it writes (imports, export conditions, cluster status fields), so such a
+pass would plan nothing — and at 20,000 exports a pass costs over a second of
+event-loop time right when the new imports are being pushed.
 
 Only the elected leader runs this loop (:mod:`atoll.store.election`): derived
 state has exactly one writer.
@@ -35,7 +39,7 @@ from atoll.control.repo import Repo, from_entry
 from atoll.errors import AtollError, InvalidError
 from atoll.model import ROOT, Cluster, Resource, ServiceExport, ServiceImport, store_prefix
 from atoll.store import Entry
-from atoll.store.watching import Observation, apply_observation, list_and_watch
+from atoll.store.watching import Changes, Observation, apply_observation, list_and_watch
 
 __all__ = ["Reconciler"]
 
@@ -86,6 +90,8 @@ class Reconciler:
         self._state: dict[str, Entry] = {}
         self._decoded = _Decoded()
         self._dirty = asyncio.Event()
+        #: (key, revision) written by the last pass, until the watch echoes them
+        self._echoes: set[tuple[str, int]] = set()
 
     async def run(self) -> None:
         """Reconcile until cancelled (the caller cancels on losing leadership)."""
@@ -96,7 +102,20 @@ class Reconciler:
     async def _observe(self) -> None:
         async for obs in list_and_watch(self.repo.store, ROOT):
             self._fold(obs)
-            self._dirty.set()
+            if not self._only_echoes(obs):
+                self._dirty.set()
+
+    def _only_echoes(self, obs: Observation) -> bool:
+        """True when ``obs`` holds nothing but this reconciler's own last writes."""
+        if not isinstance(obs, Changes) or not self._echoes:
+            return False
+        seen = {(ev.key, ev.revision) for ev in obs.events}
+        echoes = seen <= self._echoes
+        self._echoes -= seen
+        return echoes
+
+    def _written(self, key: str, revision: int) -> None:
+        self._echoes.add((key, revision))
 
     def _fold(self, obs: Observation) -> None:
         self._state = apply_observation(self._state, obs)
@@ -144,7 +163,8 @@ class Reconciler:
                 alive.add(key[len(LIVENESS_PREFIX) :])
         desired = derive(exports, clusters, alive)
         actions = plan_actions(desired, imports=imports, exports=exports, clusters=clusters)
-        result = await execute(self.repo, actions) if actions else None
+        self._echoes.clear()
+        result = await execute(self.repo, actions, on_written=self._written) if actions else None
         self.passes += 1
         elapsed = self.clock() - started
         metrics.RECONCILE_SECONDS.observe(elapsed)

@@ -1,8 +1,11 @@
 """What agents report over the sync stream, checked and stored.
 
-An agent owns exactly two things in the federation's state: its cluster's
+An agent owns exactly three things in the federation's state: its cluster's
 declaration (region, zone, addresses — not the admin state, which belongs to
-the operator) and the ServiceExports of its cluster. Reports are *state of the
+the operator), the ServiceExports of its cluster, and its cluster's
+TrustDomain (the bundle of the CA it runs; merged by the pure
+:func:`atoll.trusthub.domains.merge_cluster_report`: never a lower sequence,
+never another cluster's domain, the operator's rotation request kept). Reports are *state of the
 world*: each one is the agent's full current set, and this module stores the
 difference (CAS per object; deleted exports are deleted). Anything that is not
 the reporting node's own — another cluster's export, a Cluster under another
@@ -21,8 +24,11 @@ from datetime import UTC, datetime
 from atoll.control.liveness import Liveness
 from atoll.control.repo import Repo, mutate
 from atoll.errors import ConflictError, InvalidError
-from atoll.model import Cluster, ClusterStatus, Metadata, ServiceExport, decode
+from atoll.model import Cluster, ClusterStatus, Metadata, ServiceExport, TrustDomain, decode
 from atoll.sync import Item, NodeInfo, PermissionDeniedError
+from atoll.trusthub.domains import merge_cluster_report
+from atoll.trusthub.naming import DEFAULT_FEDERATION_DOMAIN, parse_federation_domain
+from atoll_trust.spiffe_id import TrustDomain as SpiffeTrustDomain
 
 __all__ = ["REPORTABLE", "AgentReports"]
 
@@ -30,7 +36,7 @@ log = logging.getLogger("atoll.control.reports")
 
 #: what each role may report
 REPORTABLE: dict[str, frozenset[str]] = {
-    "agent": frozenset({"Cluster", "ServiceExport"}),
+    "agent": frozenset({"Cluster", "ServiceExport", "TrustDomain"}),
 }
 
 
@@ -42,10 +48,16 @@ class AgentReports:
     """The control plane's :class:`~atoll.sync.ReportSink`."""
 
     def __init__(
-        self, repo: Repo, liveness: Liveness, *, now: Callable[[], datetime] = _now
+        self,
+        repo: Repo,
+        liveness: Liveness,
+        *,
+        federation: SpiffeTrustDomain | None = None,
+        now: Callable[[], datetime] = _now,
     ) -> None:
         self.repo = repo
         self.liveness = liveness
+        self.federation = federation or parse_federation_domain(DEFAULT_FEDERATION_DOMAIN)
         self.now = now
 
     # -- ReportSink ----------------------------------------------------------
@@ -67,8 +79,33 @@ class AgentReports:
             raise PermissionDeniedError(f"a {node.role} may not report {type_}")
         if type_ == "Cluster":
             await self._report_cluster(node, items)
+        elif type_ == "TrustDomain":
+            await self._report_trust_domain(node, items)
         else:
             await self._report_exports(node, items)
+
+    # -- TrustDomain ---------------------------------------------------------
+    async def _report_trust_domain(self, node: NodeInfo, items: Sequence[Item]) -> None:
+        if len(items) != 1:
+            raise InvalidError(f"a TrustDomain report holds exactly one domain, got {len(items)}")
+        reported = decode(TrustDomain, items[0].body)
+        stamp = self.now()
+
+        def merge(current: TrustDomain | None) -> TrustDomain | None:
+            return merge_cluster_report(
+                current, reported, cluster=node.cluster, federation=self.federation, now=stamp
+            )
+
+        stored = await mutate(self.repo, TrustDomain, ("cluster", node.cluster), merge)
+        if stored is not None:
+            log.info(
+                "cluster trust domain stored",
+                extra={
+                    "cluster": node.cluster,
+                    "trust_domain": stored.spec.trust_domain,
+                    "sequence": stored.spec.sequence,
+                },
+            )
 
     # -- Cluster -------------------------------------------------------------
     async def _report_cluster(self, node: NodeInfo, items: Sequence[Item]) -> None:

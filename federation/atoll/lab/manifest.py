@@ -2,13 +2,17 @@
 
 Printed by ``atoll up --output json`` and written to ``<state>/lab/manifest.json``
 while the lab runs, so tools and tests can find (and restart) components.
-Gateway entries are null until gateways exist.
+Gateway entries are null until gateways exist. Trust fields name the
+federation domain, the bundle and KEK files, and each cluster's domain and
+Workload API sockets.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+
+from pydantic import Field
 
 from atoll.model.base import Frozen
 
@@ -26,6 +30,17 @@ class ControlPlaneEntry(ComponentEntry):
     api: str
     sync: str
     store: str
+    #: enrollment port (server-authenticated TLS); sync is mTLS
+    enroll: str | None = None
+    #: the federation's SPIFFE trust domain
+    trust_domain: str | None = None
+    #: the federation bundle agents were started with (SPIFFE bundle JSON)
+    bundle_file: Path | None = None
+    #: the federation's SPIFFE bundle endpoint (GET /), its profile and server ID
+    bundle_endpoint: str | None = None
+    bundle_endpoint_profile: str | None = None
+    bundle_endpoint_spiffe_id: str | None = None
+    kek_file: Path | None = None
 
 
 class DnsEntry(ComponentEntry):
@@ -45,6 +60,10 @@ class ClusterEntry(Frozen):
     dns: DnsEntry | None = None
     gateway: ComponentEntry | None = None
     services: list[str]
+    #: the cluster's own SPIFFE trust domain (its agent runs the CA)
+    trust_domain: str | None = None
+    #: Workload API sockets served by the agent: workload name -> socket path
+    workload_sockets: dict[str, Path] = Field(default_factory=dict)
 
 
 class RegionEntry(Frozen):

@@ -4,6 +4,13 @@ Each cluster gets its own loopback address ``<prefix>.<n>.1`` (any 127.x.y.z
 works on Linux without setup), so every component of a cluster can use the
 same well-known port and addresses tell clusters apart — as they would on real
 networks. The control plane lives on ``<prefix>.0.1``.
+
+Trust (:mod:`atoll.trusthub`): the federation domain is ``atoll.lab``, each
+cluster's ``<cluster>.atoll.lab``. Secrets live under ``<state>/trust/``
+(mode 0700): the control plane's KEK and one KEK per cluster agent (0600), and
+the federation bundle the agents are started with. Each agent serves the
+Workload API to its cluster's DNS server (``dns`` → ``/atoll/dns``) and to a
+demo workload (``web`` → ``/demo/web``), on sockets in its state directory.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from atoll.errors import InvalidError
 
 __all__ = [
     "DEMO_NAMESPACE",
+    "FEDERATION_DOMAIN",
+    "LAB_WORKLOADS",
     "ClusterPlan",
     "DemoInstance",
     "DemoService",
@@ -26,6 +35,9 @@ __all__ = [
 ]
 
 DEMO_NAMESPACE = "demo"
+FEDERATION_DOMAIN = "atoll.lab"
+#: Workload API registrations of every lab agent: name -> SPIFFE ID path
+LAB_WORKLOADS = {"dns": "atoll/dns", "web": "demo/web"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,8 @@ class ClusterPlan:
     dns_admin_port: int
     state_dir: Path
     services: tuple[DemoService, ...]
+    #: the agent's key-encryption key (seals the cluster CA)
+    kek_file: Path
 
     @property
     def registry_url(self) -> str:
@@ -99,6 +113,13 @@ class ClusterPlan:
         """This cluster's NS name in the federated zone (relative)."""
         return f"ns-{self.name}"
 
+    @property
+    def agent_state_dir(self) -> Path:
+        return self.state_dir / "agent"
+
+    def workload_socket(self, workload: str) -> Path:
+        return self.agent_state_dir / "workload" / f"{workload}.sock"
+
 
 @dataclass(frozen=True, slots=True)
 class LabPlan:
@@ -107,6 +128,8 @@ class LabPlan:
     control_ip: str
     api_port: int
     sync_port: int
+    enroll_port: int
+    bundle_port: int
     lease_ttl: int
     zone: str
     regions: tuple[RegionPlan, ...]
@@ -119,6 +142,29 @@ class LabPlan:
     @property
     def sync_target(self) -> str:
         return f"{self.control_ip}:{self.sync_port}"
+
+    @property
+    def enroll_target(self) -> str:
+        return f"{self.control_ip}:{self.enroll_port}"
+
+    @property
+    def bundle_endpoint(self) -> str:
+        """The federation's SPIFFE bundle endpoint (https_spiffe profile)."""
+        return f"https://{self.control_ip}:{self.bundle_port}/"
+
+    @property
+    def trust_dir(self) -> Path:
+        return self.state_dir / "trust"
+
+    @property
+    def kek_file(self) -> Path:
+        """The control plane's key-encryption key."""
+        return self.trust_dir / "control-plane.kek"
+
+    @property
+    def bundle_file(self) -> Path:
+        """The federation bundle agents trust the control plane with."""
+        return self.trust_dir / "federation-bundle.json"
 
     @property
     def store_url(self) -> str:
@@ -163,6 +209,8 @@ def plan_lab(
     clusters: int = 3,
     api_port: int = 7070,
     sync_port: int = 7071,
+    enroll_port: int = 7072,
+    bundle_port: int = 7073,
     registry_port: int = 8500,
     agent_port: int = 8501,
     dns_port: int = 53,
@@ -183,6 +231,8 @@ def plan_lab(
     for what, port in (
         ("api", api_port),
         ("sync", sync_port),
+        ("enroll", enroll_port),
+        ("bundle", bundle_port),
         ("registry", registry_port),
         ("agent", agent_port),
     ):
@@ -210,6 +260,7 @@ def plan_lab(
                 dns_admin_port=dns_admin_port,
                 state_dir=state_dir / "clusters" / name,
                 services=_demo_services(ip),
+                kek_file=state_dir / "trust" / f"{name}.kek",
             )
         )
     return LabPlan(
@@ -218,6 +269,8 @@ def plan_lab(
         control_ip=control_ip,
         api_port=api_port,
         sync_port=sync_port,
+        enroll_port=enroll_port,
+        bundle_port=bundle_port,
         lease_ttl=lease_ttl,
         zone=zone,
         regions=regions,

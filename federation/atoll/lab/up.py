@@ -2,12 +2,25 @@
 
 Order matters and each step waits for the previous one to be *healthy*:
 
-1. the control plane (embedded SQLite store, REST API, sync server);
-2. the regions, written through the REST API;
-3. one registry per cluster, then its demo services and instances;
-4. one agent per cluster, pointed at its registry and the control plane;
-5. convergence: every demo service is imported, with every cluster as a
+1. the trust material: key-encryption keys for the control plane and each
+   agent (0600 files under ``<state>/trust/``, created once and kept, since a
+   lab restarted on its old state must open its old CAs);
+2. the control plane (embedded SQLite store, REST API, mTLS sync server,
+   enrollment port); then the federation bundle is fetched from its API into
+   ``<state>/trust/federation-bundle.json`` — the lab's trust bootstrap,
+   over loopback;
+3. the regions, written through the REST API;
+4. one registry per cluster, then its demo services and instances;
+5. one agent per cluster, with a fresh one-time join token, the bundle file
+   and its KEK (a restarted lab's agents reuse their persisted SVIDs and
+   ignore the token); each serves the Workload API to its DNS server and a
+   demo workload;
+6. one DNS server per cluster, authenticated with the SVID its agent's
+   Workload API gives it;
+7. convergence: every demo service is imported, with every cluster as a
    healthy target, by the control plane *and* by every agent.
+
+Nothing runs with ``--insecure``: every sync stream is mTLS.
 
 Any failure stops what was started and raises :class:`LabError` quoting the
 failing component's log. Shutdown stops agents before registries before the
@@ -36,11 +49,21 @@ from atoll.lab.manifest import (
     RegionEntry,
 )
 from atoll.lab.supervisor import Child, LabError, Supervisor
-from atoll.lab.topology import DEMO_NAMESPACE, ClusterPlan, LabPlan
+from atoll.lab.topology import (
+    DEMO_NAMESPACE,
+    FEDERATION_DOMAIN,
+    LAB_WORKLOADS,
+    ClusterPlan,
+    LabPlan,
+)
 
 __all__ = ["Lab"]
 
 Progress = Callable[[str], None]
+#: seconds a forced rotation's new CA is published before it signs (short: one machine)
+CA_PUBLISH_LEAD = 3.0
+#: a lab agent's join token is used seconds after it is created
+JOIN_TOKEN_TTL = 600
 
 
 def _py(*args: str) -> list[str]:
@@ -74,9 +97,13 @@ class Lab:
             "--store", p.store_url,
             "--api", f"{p.control_ip}:{p.api_port}",
             "--sync", p.sync_target,
+            "--enroll", p.enroll_target,
+            "--federation-domain", FEDERATION_DOMAIN,
+            "--kek-file", str(p.kek_file),
+            "--bundle-endpoint", f"{p.control_ip}:{p.bundle_port}",
+            "--ca-publish-lead", str(CA_PUBLISH_LEAD),
             "--server-id", "lab-control-plane",
             "--lease-ttl", str(p.lease_ttl),
-            "--insecure",
         )  # fmt: skip
 
     def registry_argv(self, c: ClusterPlan) -> list[str]:
@@ -86,17 +113,25 @@ class Lab:
             "--state-file", str(c.state_dir / "registry.json"),
         )  # fmt: skip
 
-    def agent_argv(self, c: ClusterPlan) -> list[str]:
+    def agent_argv(self, c: ClusterPlan, join_token: str) -> list[str]:
+        p = self.plan
+        workloads = [f"--workload={name}={path}" for name, path in LAB_WORKLOADS.items()]
         return _py(
             "agent",
             "--cluster", c.name,
             "--region", c.region,
             "--zone", c.zone,
-            "--control-plane", self.plan.sync_target,
-            "--state-dir", str(c.state_dir / "agent"),
+            "--control-plane", p.sync_target,
+            "--state-dir", str(c.agent_state_dir),
             "--registry-url", c.registry_url,
             "--listen", f"{c.ip}:{c.agent_port}",
-            "--insecure",
+            "--federation-domain", FEDERATION_DOMAIN,
+            "--join-token", join_token,
+            "--federation-bundle", str(p.bundle_file),
+            "--enroll", p.enroll_target,
+            "--kek-file", str(c.kek_file),
+            "--ca-publish-lead", str(CA_PUBLISH_LEAD),
+            *workloads,
         )  # fmt: skip
 
     def dns_argv(self, c: ClusterPlan) -> list[str]:
@@ -110,7 +145,8 @@ class Lab:
             "--admin", f"{c.ip}:{c.dns_admin_port}",
             "--zone", self.plan.zone,
             *ns,
-            "--insecure",
+            "--workload-socket", str(c.workload_socket("dns")),
+            "--federation-domain", FEDERATION_DOMAIN,
         )  # fmt: skip
 
     # -- lifecycle -----------------------------------------------------------
@@ -127,6 +163,10 @@ class Lab:
     async def _start(self, within: float) -> None:
         p = self.plan
         sup = self.supervisor
+        self.progress("preparing keys")
+        ensure_kek(p.kek_file)
+        for c in p.clusters:
+            ensure_kek(c.kek_file)
         self.progress("starting the control plane")
         p.store_path.parent.mkdir(parents=True, exist_ok=True)
         self.control_plane = await sup.start(
@@ -137,6 +177,8 @@ class Lab:
         )
         await sup.wait_healthy(self.control_plane)
         async with httpx.AsyncClient(timeout=5.0) as http:
+            self.progress("fetching the federation bundle")
+            await _fetch_bundle(http, p.api_url, p.bundle_file)
             self.progress("creating regions")
             for r in p.regions:
                 await _put(
@@ -168,9 +210,10 @@ class Lab:
                 await _seed(http, c)
             for c in p.clusters:
                 self.progress(f"starting agent of {c.name}")
+                token = await _join_token(http, p.api_url, c.name)
                 self.agents[c.name] = await sup.start(
                     f"agent-{c.name}",
-                    self.agent_argv(c),
+                    self.agent_argv(c, token),
                     log_path=p.state_dir / "logs" / f"agent-{c.name}.log",
                     health_url=f"{c.agent_url}/healthz",
                 )
@@ -244,6 +287,13 @@ class Lab:
                 url=p.api_url,
                 api=p.api_url,
                 sync=p.sync_target,
+                enroll=p.enroll_target,
+                trust_domain=FEDERATION_DOMAIN,
+                bundle_file=p.bundle_file,
+                bundle_endpoint=p.bundle_endpoint,
+                bundle_endpoint_profile="https_spiffe",
+                bundle_endpoint_spiffe_id=f"spiffe://{FEDERATION_DOMAIN}/control-plane",
+                kek_file=p.kek_file,
                 store=p.store_url,
                 pid=cp.pid,
                 argv=list(cp.argv),
@@ -277,6 +327,8 @@ class Lab:
                         zone=p.zone,
                     ),
                     services=[f"{DEMO_NAMESPACE}/{s.name}" for s in c.services],
+                    trust_domain=f"{c.name}.{FEDERATION_DOMAIN}",
+                    workload_sockets={w: c.workload_socket(w) for w in LAB_WORKLOADS},
                 )
                 for c in p.clusters
             ],
@@ -288,6 +340,39 @@ def write_manifest(path: Path, manifest: Manifest) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
     tmp.replace(path)
+
+
+def ensure_kek(path: Path) -> None:
+    """Create a random KEK file (0600, in a 0700 directory) unless one exists."""
+    if path.exists():
+        return
+    from atoll_trust.files import write_private_file
+    from atoll_trust.kek import generate_kek_text
+
+    write_private_file(path, (generate_kek_text() + "\n").encode())
+
+
+async def _fetch_bundle(http: httpx.AsyncClient, api_url: str, path: Path) -> None:
+    try:
+        resp = await http.get(f"{api_url}/v1/trust/bundle")
+    except httpx.HTTPError as exc:
+        raise LabError(f"fetching the federation bundle failed: {exc}") from exc
+    if resp.status_code != 200:
+        raise LabError(f"GET /v1/trust/bundle: {resp.status_code} {resp.text}")
+    await asyncio.to_thread(path.write_bytes, resp.content)
+
+
+async def _join_token(http: httpx.AsyncClient, api_url: str, cluster: str) -> str:
+    try:
+        resp = await http.post(
+            f"{api_url}/v1/join-tokens",
+            json={"cluster": cluster, "ttl_seconds": JOIN_TOKEN_TTL},
+        )
+    except httpx.HTTPError as exc:
+        raise LabError(f"creating a join token for {cluster} failed: {exc}") from exc
+    if resp.status_code != 201:
+        raise LabError(f"POST /v1/join-tokens: {resp.status_code} {resp.text}")
+    return str(resp.json()["token"])
 
 
 async def _put(http: httpx.AsyncClient, url: str, body: object) -> None:

@@ -14,10 +14,12 @@ from atoll.sync.server import (
     AllowAll,
     Authorizer,
     NodeStatus,
+    Peer,
     PermissionDeniedError,
     ReportSink,
     SubscriptionStatus,
     SyncServicer,
+    UnauthenticatedError,
 )
 from atoll.sync.table import Item, ResourceTable, TypeSnapshot
 from atoll.sync.wire import NodeInfo
@@ -32,6 +34,7 @@ __all__ = [
     "NackRecord",
     "NodeInfo",
     "NodeStatus",
+    "Peer",
     "PermissionDeniedError",
     "Push",
     "ReportSink",
@@ -41,6 +44,7 @@ __all__ = [
     "SyncClient",
     "SyncServicer",
     "TypeSnapshot",
+    "UnauthenticatedError",
     "Validator",
     "apply_delta",
     "schema_validator",

@@ -17,6 +17,13 @@
   (the fan-out benchmark times "applied and acknowledged" with it).
 * A broken stream is retried forever with exponential backoff and full
   jitter; the delay resets once a stream has been welcomed.
+* Transport security: ``credentials`` is either fixed channel credentials or
+  a *provider* called before every connection, so a renewed SVID (or a
+  rotated trust bundle) is used from the next connection on without
+  rebuilding the client; ``channel_options`` adds options such as
+  ``grpc.ssl_target_name_override``. A provider that cannot produce
+  credentials yet raises an :class:`~atoll.errors.AtollError`, which counts
+  as a failed connection (logged, retried with backoff).
 
 Time, randomness and the channel are injected, so the loop is testable.
 """
@@ -47,7 +54,7 @@ from atoll.sync.v1 import sync_pb2 as pb
 from atoll.sync.v1 import sync_pb2_grpc as pb_grpc
 from atoll.sync.wire import NodeInfo, items_to_pb, node_to_pb, push_from_pb
 
-__all__ = ["ClientStatus", "SyncClient", "schema_validator"]
+__all__ = ["ChannelOption", "ClientStatus", "CredentialsProvider", "SyncClient", "schema_validator"]
 
 log = logging.getLogger("atoll.sync.client")
 
@@ -61,6 +68,9 @@ CHANNEL_OPTIONS = [
 ]
 
 OnUpdate = Callable[[HeldState, frozenset[str]], Awaitable[None]]
+#: builds channel credentials for the next connection (e.g. from the current SVID)
+CredentialsProvider = Callable[[], grpc.ChannelCredentials]
+ChannelOption = tuple[str, str | int]
 #: (type, state now held); called right after the ACK of an accepted delta is written
 OnAcked = Callable[[str, HeldState], None]
 
@@ -123,7 +133,8 @@ class SyncClient:
         state_file: Path | None = None,
         on_update: OnUpdate | None = None,
         on_acked: OnAcked | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
+        credentials: grpc.ChannelCredentials | CredentialsProvider | None = None,
+        channel_options: Sequence[ChannelOption] = (),
         heartbeat: bool = False,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -136,6 +147,7 @@ class SyncClient:
         self.on_update = on_update
         self.on_acked = on_acked
         self.credentials = credentials
+        self.channel_options = [*CHANNEL_OPTIONS, *channel_options]
         self.heartbeat = heartbeat
         self.backoff = backoff or Backoff(base=0.2, cap=5.0)
         self.sleep = sleep
@@ -218,9 +230,12 @@ class SyncClient:
 
     # -- one connection ----------------------------------------------------
     def _channel(self) -> aio.Channel:
-        if self.credentials is None:
-            return aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
-        return aio.secure_channel(self.target, self.credentials, options=CHANNEL_OPTIONS)
+        creds = self.credentials
+        if creds is None:
+            return aio.insecure_channel(self.target, options=self.channel_options)
+        if not isinstance(creds, grpc.ChannelCredentials):
+            creds = creds()
+        return aio.secure_channel(self.target, creds, options=self.channel_options)
 
     async def _session(self) -> None:
         async with self._channel() as channel:

@@ -8,12 +8,26 @@ One :meth:`SyncServicer.Stream` call serves one subscriber. Its life:
 2. The server answers ``Welcome`` (heartbeat interval, lease TTL) and creates
    one subscription per requested type, resumed from the client's versions.
 3. A single loop then handles, in order, everything that happens to the
-   stream: table changes (coalesced per type), ACK/NACK, reports, heartbeats.
-   One loop per stream means no locks: subscription state is only touched here.
+   stream: table changes (coalesced per type), ACK/NACK, reports, heartbeat
+   acks. One loop per stream means no locks: subscription state is only
+   touched here. Heartbeats are the exception: the stream's reader renews the
+   node's lease as soon as one arrives and only queues the ack, because the
+   loop may be waiting for a slow subscriber to take a large push, and a node
+   that is slow to read is still alive (measured: at 1,000 agents, initial
+   pushes of several MB stalled loops past the lease TTL and expired
+   thousands of healthy clusters' leases; tests/bench/bench_sync.py).
 
 Concurrency: all streams share the :class:`~atoll.sync.table.ResourceTable`
 objects, which only notify; each stream computes its own push when its loop
 gets to it, so a slow subscriber delays nobody but itself.
+
+Authentication and authorization are not its business either: the stream's
+:class:`Peer` (address and TLS auth context) and the Hello's node go to an
+:class:`Authorizer`, which raises :class:`UnauthenticatedError` (no or bad
+client certificate → ``UNAUTHENTICATED``) or :class:`PermissionDeniedError`
+(a verified peer that may not be this node → ``PERMISSION_DENIED``). The
+trust layer's implementation is :class:`atoll.trusthub.authz.SpiffeAuthorizer`;
+:class:`AllowAll` is the explicit development mode (``--insecure``).
 
 What the server does with reports and heartbeats is not its business: it hands
 them to a :class:`ReportSink` (the control plane stores exports and renews
@@ -49,10 +63,12 @@ __all__ = [
     "AllowAll",
     "Authorizer",
     "NodeStatus",
+    "Peer",
     "PermissionDeniedError",
     "ReportSink",
     "SubscriptionStatus",
     "SyncServicer",
+    "UnauthenticatedError",
 ]
 
 log = logging.getLogger("atoll.sync.server")
@@ -68,11 +84,24 @@ class PermissionDeniedError(UserError):
     """The node may not do what it asked."""
 
 
-class Authorizer(Protocol):
-    """Decides what a node may see and report (the trust layer plugs in here)."""
+class UnauthenticatedError(UserError):
+    """The peer did not prove who it is (no client certificate, or one that fails to verify)."""
 
-    def admit(self, node: NodeInfo, peer: str) -> None:
-        """Raise PermissionDeniedError to refuse the stream."""
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The other end of a stream as transport security saw it."""
+
+    address: str
+    #: ``ServicerContext.auth_context()``: empty on plaintext channels
+    auth: Mapping[str, Sequence[bytes]] = field(default_factory=dict)
+
+
+class Authorizer(Protocol):
+    """Decides who may be which node, and what a node may see and report."""
+
+    def admit(self, node: NodeInfo, peer: Peer) -> None:
+        """Raise UnauthenticatedError or PermissionDeniedError to refuse the stream."""
 
     def visible(self, node: NodeInfo, type_: str) -> Callable[[str], bool] | None:
         """A filter on resource names of ``type_`` for this node; None = all."""
@@ -83,7 +112,7 @@ class Authorizer(Protocol):
 class AllowAll:
     """Development-mode authorizer: every node sees everything, reports anything."""
 
-    def admit(self, node: NodeInfo, peer: str) -> None:
+    def admit(self, node: NodeInfo, peer: Peer) -> None:
         return None
 
     def visible(self, node: NodeInfo, type_: str) -> Callable[[str], bool] | None:
@@ -135,7 +164,10 @@ class _Stream:
     node: NodeInfo
     peer: str
     connected_at: float
-    inbox: asyncio.Queue[pb.ClientMessage | str | None] = field(default_factory=asyncio.Queue)
+    #: client messages, changed table types (str), ready heartbeat acks, None = end
+    inbox: asyncio.Queue[pb.ClientMessage | pb.ServerMessage | str | None] = field(
+        default_factory=asyncio.Queue
+    )
     dirty: set[str] = field(default_factory=set)
     subs: dict[str, Subscription] = field(default_factory=dict)
     nack_at: dict[str, float] = field(default_factory=dict)
@@ -171,6 +203,12 @@ class _Stream:
             reports=self.reports,
             last_report_error=self.last_report_error,
         )
+
+
+def _auth_context(
+    context: aio.ServicerContext[pb.ClientMessage, pb.ServerMessage],
+) -> dict[str, tuple[bytes, ...]]:
+    return {k: tuple(v) for k, v in (context.auth_context() or {}).items()}
 
 
 def _status(code: int, message: str, resources: Sequence[str] = ()) -> pb.Status:
@@ -232,7 +270,9 @@ class SyncServicer(pb_grpc.SyncServicer):
         try:
             node = node_from_pb(first.hello.node).validate()
             types = self._check_subscriptions(first.hello)
-            self.authorizer.admit(node, peer)
+            self.authorizer.admit(node, Peer(peer, _auth_context(context)))
+        except UnauthenticatedError as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except PermissionDeniedError as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except InvalidError as exc:
@@ -303,7 +343,10 @@ class SyncServicer(pb_grpc.SyncServicer):
     async def _read(self, requests: AsyncIterator[pb.ClientMessage], stream: _Stream) -> None:
         try:
             async for msg in requests:
-                stream.inbox.put_nowait(msg)
+                if msg.WhichOneof("message") == "heartbeat":
+                    stream.inbox.put_nowait(await self._on_heartbeat(stream, msg.heartbeat))
+                else:
+                    stream.inbox.put_nowait(msg)
         except (aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:
@@ -317,15 +360,15 @@ class SyncServicer(pb_grpc.SyncServicer):
             if isinstance(event, str):
                 stream.dirty.discard(event)
                 push = stream.subs[event].offer(self.tables[event].snapshot())
+            elif isinstance(event, pb.ServerMessage):  # a heartbeat ack (lease already renewed)
+                yield event
+                continue
             else:
                 kind = event.WhichOneof("message")
                 if kind == "ack":
                     push = self._on_ack(stream, event.ack)
                 elif kind == "report":
                     yield await self._on_report(stream, event.report)
-                    continue
-                elif kind == "heartbeat":
-                    yield await self._on_heartbeat(stream, event.heartbeat)
                     continue
                 else:
                     log.warning(

@@ -25,6 +25,7 @@ Layout
 * :mod:`.state` — the snapshot hub and the identity manager (issuance, renewal);
 * :mod:`.service` — the servicer and pure response builders;
 * :mod:`.server` — socket lifecycle;
+* :mod:`.client` — :class:`X509Source`, the client Atoll's own components use;
 * ``workload.proto`` and generated ``workload_pb2*`` (regenerate with ``generate.py``).
 """
 
