@@ -38,6 +38,7 @@ from atoll.model import (
     Cluster,
     ClusterSpec,
     Metadata,
+    ProbeReport,
     ServiceImport,
     TrustDomain,
     decode,
@@ -49,6 +50,10 @@ from atoll_agent import metrics
 from atoll_agent.api import build_agent_app
 from atoll_agent.catalog import CatalogSource, FileSource, RegistrySource, build_exports
 from atoll_agent.config import AgentConfig
+from atoll_agent.health import apply_hysteresis
+from atoll_agent.hysteresis import Hysteresis
+from atoll_agent.probes import Prober
+from atoll_agent.registry import CatalogSnapshot
 from atoll_agent.trust.authority import ClusterAuthority
 from atoll_agent.trust.bundles import fold_trust_domains, validate_trust_item
 from atoll_agent.trust.identity import AgentIdentity
@@ -77,6 +82,11 @@ class Agent:
         self.catalog_updated_at: float | None = None
         self.exports_reported = 0
         self.imports: dict[str, ServiceImport] = {}
+        self._snapshot: CatalogSnapshot | None = None
+        self._endpoint_health = Hysteresis(rise=config.rise, fall=config.fall)
+        self.prober = Prober(
+            config.cluster, interval=config.health_interval, rise=config.rise, fall=config.fall
+        )
         self.federation = parse_federation_domain(config.federation_domain)
         self.identity: AgentIdentity | None = None
         self.authority: ClusterAuthority | None = None
@@ -195,6 +205,14 @@ class Agent:
             metrics.IMPORTS.set(len(self.imports))
         if types is None or TrustDomain.KIND in types:
             self._apply_trust(state)
+        if types is None or Cluster.KIND in types:
+            self.prober.set_targets(
+                {
+                    name: c.spec.addresses["dns"]
+                    for name, item in state.items(Cluster.KIND).items()
+                    if "dns" in (c := decode(Cluster, item.body)).spec.addresses
+                }
+            )
 
     async def _on_update(self, state: HeldState, types: frozenset[str]) -> None:
         self._apply_held(state, types)
@@ -204,25 +222,45 @@ class Agent:
         )
 
     # -- catalog -------------------------------------------------------------
+    def _sample(self) -> None:
+        """Observe endpoint health now and report the debounced exports."""
+        if self._snapshot is None:
+            return
+        raw = build_exports(self.config.cluster, self._snapshot, now=self.clock())
+        exports, self._endpoint_health = apply_hysteresis(raw, self._endpoint_health)
+        self.sync.set_report(
+            "ServiceExport",
+            [Item(name="/".join(e.path()), version="", body=encode(e)) for e in exports],
+        )
+        self.exports_reported = len(exports)
+        metrics.EXPORTS.set(len(exports))
+
     async def _catalog_loop(self) -> None:
         async for snapshot in self.source.watch():
-            exports = build_exports(self.config.cluster, snapshot, now=self.clock())
-            self.sync.set_report(
-                "ServiceExport",
-                [Item(name="/".join(e.path()), version="", body=encode(e)) for e in exports],
-            )
+            self._snapshot = snapshot
             self.catalog_index = snapshot.index
             self.catalog_updated_at = self.clock()
-            self.exports_reported = len(exports)
-            metrics.EXPORTS.set(len(exports))
+            self._sample()
             log.info(
                 "catalog changed",
                 extra={
                     "cluster": self.config.cluster,
                     "index": snapshot.index,
-                    "exports": len(exports),
+                    "exports": self.exports_reported,
                 },
             )
+
+    async def _health_loop(self) -> None:
+        """Sample endpoint health every interval: TTLs lapse and hysteresis counts."""
+        while True:
+            await asyncio.sleep(self.config.health_interval)
+            self._sample()
+
+    def _report_probes(self, report: ProbeReport) -> None:
+        self.sync.set_report(
+            ProbeReport.KIND,
+            [Item(name=report.metadata.name, version="", body=encode(report))],
+        )
 
     # -- run -----------------------------------------------------------------
     async def run(self, *, on_listening: Callable[[int], None] | None = None) -> None:
@@ -230,6 +268,9 @@ class Agent:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._sync(), name="agent-sync")
             tg.create_task(self._catalog_loop(), name="agent-catalog")
+            tg.create_task(self._health_loop(), name="agent-health")
+            if self.config.probes:
+                tg.create_task(self.prober.run(self._report_probes), name="agent-probes")
             if self.identity is not None:
                 tg.create_task(self.identity.run(), name="agent-identity")
             if self.authority is not None:

@@ -45,8 +45,17 @@ class AgentConfig(Frozen):
     state_dir: Path
     #: federation-facing addresses of this cluster's components (name -> host:port)
     addresses: dict[DnsLabel, str] = Field(default_factory=dict)
-    #: resource types the agent subscribes to
-    subscriptions: tuple[str, ...] = ("ServiceImport",)
+    #: resource types the agent subscribes to (Cluster: where to send probes)
+    subscriptions: tuple[str, ...] = ("ServiceImport", "Cluster")
+    # -- health --------------------------------------------------------------
+    #: seconds between health samples of endpoints and probes of other clusters
+    health_interval: float = Field(1.0, gt=0.0, le=60.0)
+    #: consecutive good samples before an endpoint/cluster counts as up again
+    rise: int = Field(2, ge=1, le=100)
+    #: consecutive bad samples before an endpoint/cluster counts as down
+    fall: int = Field(3, ge=1, le=100)
+    #: probe the other clusters' DNS servers (active health checks)
+    probes: bool = True
     # -- trust --------------------------------------------------------------
     insecure: bool = False
     federation_domain: str = Field("atoll.lab", min_length=1, max_length=200)

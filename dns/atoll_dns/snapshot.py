@@ -194,7 +194,7 @@ def _target_record(
             v6.append(addr)
     reason = ""
     if not t.healthy:
-        reason = "reported unhealthy"
+        reason = t.reason or "reported unhealthy"
     elif t.admin_state == "drained":
         reason = "cluster drained"
     elif t.endpoints_total > 0 and t.endpoints_healthy < min_healthy:

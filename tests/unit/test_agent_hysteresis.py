@@ -5,6 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from atoll.model import Endpoint, Metadata, ServiceExport, ServiceExportSpec, ServicePort
+from atoll_agent.health import apply_hysteresis
 from atoll_agent.hysteresis import Hysteresis
 
 
@@ -46,3 +48,24 @@ def test_output_changes_only_after_a_long_enough_run(
             need = rise if states[i] else fall
             window = raws[max(0, i - need + 1) : i + 1]
             assert len(window) == need and all(r == states[i] for r in window)
+
+
+def _export(healthy: list[bool]) -> ServiceExport:
+    return ServiceExport(
+        metadata=Metadata(name="web", namespace="demo"),
+        spec=ServiceExportSpec(
+            cluster="a",
+            ports=[ServicePort(port=80)],
+            endpoints=[Endpoint(address=f"10.0.0.{i}", healthy=h) for i, h in enumerate(healthy)],
+        ),
+    )
+
+
+def test_exports_carry_debounced_endpoint_health() -> None:
+    h = Hysteresis(rise=2, fall=2)
+    seen: list[list[bool]] = []
+    for raw in ([True, True], [False, True], [True, True], [False, True], [False, True]):
+        out, h = apply_hysteresis([_export(raw)], h)
+        seen.append([e.healthy for e in out[0].spec.endpoints])
+    # one bad sample in between good ones changes nothing; two in a row do
+    assert seen == [[True, True]] * 4 + [[False, True]]

@@ -135,3 +135,25 @@ def test_plan_creates_updates_and_deletes_with_cas() -> None:
         ("Put", "web", 7),
     ]
     assert all(isinstance(a, (Put, Delete)) for a in actions)
+
+
+def test_probe_quorum_makes_a_target_unhealthy_with_the_reason() -> None:
+    from atoll.control.quorum import ProbeVerdict
+
+    failed = {"a": ProbeVerdict(target="a", voters=2, down_votes=2, failed=True)}
+    d = derive([export("a"), export("b")], CLUSTERS, {"a", "b", "c"}, failed)
+    ta, tb = d.imports[("demo", "web")].spec.targets
+    assert (ta.healthy, tb.healthy) == (False, True)
+    assert "unreachable from 2 of 2 vantage points" in ta.reason
+    assert d.cluster_status["a"].health == "unreachable"
+    no_quorum = {"a": ProbeVerdict(target="a", voters=2, down_votes=1, failed=False)}
+    ta = derive([export("a")], CLUSTERS, {"a"}, no_quorum).imports[("demo", "web")].spec.targets[0]
+    assert ta.healthy and ta.reason == ""
+
+
+def test_unhealthy_reasons() -> None:
+    clusters = dict(CLUSTERS, a=cluster("a", "eu", admin="drained"))
+    d = derive([export("a"), export("b", healthy=(False,))], clusters, {"a", "b"})
+    ta, tb = d.imports[("demo", "web")].spec.targets
+    assert ta.reason == "cluster drained by the operator"
+    assert tb.reason == "no healthy endpoints"

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from atoll import __version__
+from atoll.api.drills import DrillContext, drill_router
 from atoll.api.trust import TrustApi, build_trust_router
 from atoll.api.views import (
     AdminStateBody,
@@ -37,7 +38,9 @@ from atoll.api.views import (
     ServiceRow,
     StatusView,
     SubscriptionView,
+    timings_view,
 )
+from atoll.control.bounds import Bounds
 from atoll.control.liveness import Liveness
 from atoll.control.repo import Repo, mutate
 from atoll.errors import (
@@ -81,6 +84,10 @@ class ApiContext:
     ready: Callable[[], bool]
     #: the trust hub; None on an --insecure control plane
     trust: TrustApi | None = None
+    #: the stated withdrawal bounds (from the configured timings)
+    bounds: Callable[[], Bounds] | None = None
+    #: hands a drill to the job queue; None when no broker is configured
+    enqueue: Callable[[str], None] | None = None
 
 
 def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
@@ -308,6 +315,13 @@ def build_app(ctx: ApiContext) -> FastAPI:
             clusters=[await cluster_view(c) for c in clusters],
             services=_service_rows(imports),
             nodes=[_node_view(n) for n in ctx.nodes()],
+            timings=timings_view(ctx.bounds()) if ctx.bounds is not None else None,
+        )
+
+    # -- drills and timings ------------------------------------------------------
+    if ctx.bounds is not None:
+        app.include_router(
+            drill_router(DrillContext(repo=repo, bounds=ctx.bounds, enqueue=ctx.enqueue))
         )
 
     # -- trust: join tokens, bundles, rotation, federation, status -------------

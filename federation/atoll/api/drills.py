@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from pydantic import Field, model_validator
 
+from atoll.api.views import TimingsView, timings_view
 from atoll.control.bounds import Bounds
 from atoll.control.repo import Repo, mutate
 from atoll.errors import InvalidError, NotFoundError, RetryableError
@@ -25,7 +26,7 @@ from atoll.model.base import Frozen
 from atoll.model.drill import DrillKind
 from atoll.model.names import DnsLabel
 
-__all__ = ["DrillContext", "DrillRequest", "TimingsView", "drill_router"]
+__all__ = ["DrillContext", "DrillRequest", "drill_router"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,29 +50,6 @@ class DrillRequest(Frozen):
         if bool(self.clusters) == (self.region is not None):
             raise ValueError("give either clusters or a region")
         return self
-
-
-class TimingsView(Frozen):
-    lease_ttl: float
-    heartbeat_interval: float
-    expiry_sweep: float
-    reconcile_debounce: float
-    push_allowance: float
-    death_withdrawal: float
-    drain_withdrawal: float
-
-
-def timings_view(b: Bounds) -> TimingsView:
-    t = b.timings
-    return TimingsView(
-        lease_ttl=t.lease_ttl,
-        heartbeat_interval=t.heartbeat_interval,
-        expiry_sweep=t.expiry_sweep,
-        reconcile_debounce=t.reconcile_debounce,
-        push_allowance=t.push_allowance,
-        death_withdrawal=b.death_withdrawal,
-        drain_withdrawal=b.drain_withdrawal,
-    )
 
 
 def drill_router(ctx: DrillContext) -> APIRouter:

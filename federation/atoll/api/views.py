@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from atoll.control.bounds import Bounds
 from atoll.model import AdminState, Cluster
 from atoll.model.base import Frozen
 
@@ -19,6 +20,8 @@ __all__ = [
     "ServiceRow",
     "StatusView",
     "SubscriptionView",
+    "TimingsView",
+    "timings_view",
 ]
 
 
@@ -75,6 +78,29 @@ class ServiceRow(Frozen):
     conflicts: list[str]
 
 
+class TimingsView(Frozen):
+    lease_ttl: float
+    heartbeat_interval: float
+    expiry_sweep: float
+    reconcile_debounce: float
+    push_allowance: float
+    death_withdrawal: float
+    drain_withdrawal: float
+
+
+def timings_view(b: Bounds) -> TimingsView:
+    t = b.timings
+    return TimingsView(
+        lease_ttl=t.lease_ttl,
+        heartbeat_interval=t.heartbeat_interval,
+        expiry_sweep=t.expiry_sweep,
+        reconcile_debounce=t.reconcile_debounce,
+        push_allowance=t.push_allowance,
+        death_withdrawal=b.death_withdrawal,
+        drain_withdrawal=b.drain_withdrawal,
+    )
+
+
 class StatusView(Frozen):
     server_id: str
     leader: str | None
@@ -83,3 +109,5 @@ class StatusView(Frozen):
     clusters: list[ClusterView]
     services: list[ServiceRow]
     nodes: list[NodeView]
+    #: the configured timings and the withdrawal bounds that follow from them
+    timings: TimingsView | None = None

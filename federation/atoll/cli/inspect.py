@@ -126,6 +126,14 @@ def status(
         f"control plane [bold]{doc['server_id']}[/] · leader {leader} · "
         f"store revision {doc['store_revision']}"
     )
+    t = doc.get("timings")
+    if t:
+        console.print(
+            f"withdrawal bound: dead cluster [bold]{t['death_withdrawal']:.2f}s[/] "
+            f"(lease {t['lease_ttl']:g}s + expiry sweep {t['expiry_sweep']:g}s + "
+            f"debounce {t['reconcile_debounce']:g}s + push {t['push_allowance']:g}s), "
+            f"drained cluster [bold]{t['drain_withdrawal']:.2f}s[/]"
+        )
     console.print(cluster_table(doc["clusters"]))
     names = [v["cluster"]["metadata"]["name"] for v in doc["clusters"]]
     console.print(services_table(doc["services"], names))

@@ -14,8 +14,11 @@ import typer
 from rich.table import Table
 
 from atoll import logs
+from atoll.aio import cancel_and_wait, spawn
 from atoll.cli.common import Output, console, emit_json, err_console, fail, globals_of
 from atoll.errors import AtollError
+from atoll.httpserve import serve_http
+from atoll.lab.control import build_control_app
 from atoll.lab.manifest import Manifest
 from atoll.lab.topology import plan_lab
 from atoll.lab.up import Lab
@@ -80,6 +83,15 @@ async def _serve(lab: Lab, output: Output, within: float) -> None:
         err_console.print("interrupted; stopped what had started")
         return
     starting = False
+    control = spawn(
+        serve_http(
+            build_control_app(lab),
+            host=lab.plan.control_ip,
+            port=lab.plan.control_port,
+            what="lab control API",
+        ),
+        name="lab-control-api",
+    )
     if output is Output.json:
         emit_json(json.loads(manifest.model_dump_json()))
     else:
@@ -110,6 +122,7 @@ async def _serve(lab: Lab, output: Output, within: float) -> None:
         except TimeoutError:
             pass
     with err_console.status("stopping the lab"):
+        await cancel_and_wait(control)
         await lab.stop()
     err_console.print("lab stopped")
 

@@ -10,6 +10,7 @@ import typer
 from atoll import __version__
 from atoll.cli.common import Globals, default_state_dir
 from atoll.cli.dnscmd import dns_app
+from atoll.cli.drillcmd import drill_app, what_if, worker
 from atoll.cli.inspect import get_app, status
 from atoll.cli.lab import up
 from atoll.cli.serve import agent, registry, serve
@@ -58,9 +59,12 @@ app.add_typer(get_app, name="get")
 app.add_typer(dns_app, name="dns")
 app.add_typer(trust_app, name="trust")
 app.add_typer(join_token_app, name="join-token")
+app.add_typer(drill_app, name="drill")
+app.command("what-if")(what_if)
 app.command(rich_help_panel="Components")(serve)
 app.command(rich_help_panel="Components")(agent)
 app.command(rich_help_panel="Components")(registry)
+app.command(rich_help_panel="Components")(worker)
 
 
 if __name__ == "__main__":

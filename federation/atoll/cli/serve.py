@@ -81,6 +81,13 @@ def serve(
     ] = 5,
     leader_ttl: Annotated[int, typer.Option(min=2, max=300, help="leader lease, seconds")] = 5,
     insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="job broker for drills: redis://host:port/db or filesystem:///abs/dir"),
+    ] = None,
+    public_api: Annotated[
+        str | None, typer.Option(help="API URL workers call back (default: http://<--api>)")
+    ] = None,
     log_level: LogLevel = "info",
     log_format: LogFormat = "json",
 ) -> None:
@@ -100,6 +107,10 @@ def serve(
     if (bundle_endpoint_cert is None) != (bundle_endpoint_key is None):
         fail("--bundle-endpoint-cert and --bundle-endpoint-key go together (https_web profile)")
     try:
+        if broker is not None:
+            from atoll.jobs.app import parse_broker
+
+            parse_broker(broker)
         parse_federation_domain(federation_domain)
         ttl = dt.timedelta(seconds=svid_ttl)
         policy = RotationPolicy(
@@ -125,6 +136,8 @@ def serve(
         bundle_web_cert=bundle_endpoint_cert,
         bundle_web_key=bundle_endpoint_key,
         trust=TrustSettings(federation_domain=federation_domain, kek_file=kek_file, policy=policy),
+        broker=broker,
+        public_api=public_api,
     )
     run_component(
         "control-plane",
@@ -189,6 +202,14 @@ def agent(
             min=0.0, help="seconds a forced rotation's new CA is published before it signs"
         ),
     ] = 300.0,
+    health_interval: Annotated[
+        float, typer.Option(min=0.05, max=60, help="seconds between health samples and probes")
+    ] = 1.0,
+    rise: Annotated[int, typer.Option(min=1, max=100, help="good samples before up")] = 2,
+    fall: Annotated[int, typer.Option(min=1, max=100, help="bad samples before down")] = 3,
+    probes: Annotated[
+        bool, typer.Option(help="probe the other clusters' DNS servers (active health checks)")
+    ] = True,
     insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
     log_level: LogLevel = "info",
     log_format: LogFormat = "json",
@@ -236,6 +257,10 @@ def agent(
             workloads=workloads,
             federates_with=tuple(federates_with or ()),
             ca_publish_lead=ca_publish_lead,
+            health_interval=health_interval,
+            rise=rise,
+            fall=fall,
+            probes=probes,
         )
     except ValidationError as exc:
         fail(str(invalid_from(exc, "agent configuration")))

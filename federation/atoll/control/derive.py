@@ -14,6 +14,12 @@ oldest defines the service's type and ports. An export that disagrees is left
 out of the import and marked ``Conflict=True`` with the reason — the conflict
 shows in its status and in the import's ``status.conflicts``.
 
+Each target carries the one health verdict that DNS and gateways both follow
+(``healthy`` and ``reason``): unhealthy when the operator drained the cluster,
+when a quorum of other clusters' probes cannot reach it
+(:mod:`atoll.control.quorum`), or when it has no healthy endpoints (endpoint
+health arrives debounced by the agent's hysteresis).
+
 Exports of a cluster that is not alive are *withdrawn*: kept in the store as
 last reported (so they come back instantly when the agent does), but absent
 from every import and marked ``Ready=False, reason=ClusterUnavailable``.
@@ -25,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
+from atoll.control.quorum import ProbeVerdict
 from atoll.model import (
     Cluster,
     ClusterStatus,
@@ -81,9 +88,17 @@ _WITHDRAWN = {
 }
 
 
-def _target(export: ServiceExport, cluster: Cluster) -> ImportTarget:
+def _target(export: ServiceExport, cluster: Cluster, probe: ProbeVerdict | None) -> ImportTarget:
     spec = export.spec
     healthy_addrs = sorted({str(e.address) for e in spec.endpoints if e.healthy})
+    if cluster.spec.admin_state == "drained":
+        reason = "cluster drained by the operator"
+    elif probe is not None and probe.failed:
+        reason = f"cluster {probe.reason}"
+    elif spec.endpoints_healthy == 0:
+        reason = "no healthy endpoints"
+    else:
+        reason = ""
     return ImportTarget(
         cluster=spec.cluster,
         region=cluster.spec.region,
@@ -92,7 +107,8 @@ def _target(export: ServiceExport, cluster: Cluster) -> ImportTarget:
         addresses=healthy_addrs,
         endpoints_healthy=spec.endpoints_healthy,
         endpoints_total=spec.endpoints_total,
-        healthy=cluster.spec.admin_state != "drained" and spec.endpoints_healthy > 0,
+        healthy=not reason,
+        reason=reason,
     )
 
 
@@ -104,7 +120,9 @@ def derive(
     exports: Iterable[ServiceExport],
     clusters: Mapping[str, Cluster],
     alive: Set[str],
+    probes: Mapping[str, ProbeVerdict] | None = None,
 ) -> Derived:
+    probes = probes or {}
     groups: dict[tuple[str, str], list[ServiceExport]] = defaultdict(list)
     conditions: dict[str, tuple[Condition, ...]] = {}
     for exp in exports:
@@ -131,7 +149,8 @@ def derive(
                 conflicts.append(PortConflict(cluster=exp.spec.cluster, message=msg))
                 conditions[exp.key()] = (_ready(False, "Conflict", msg), _conflict(True, msg))
                 continue
-            targets.append(_target(exp, clusters[exp.spec.cluster]))
+            cluster_name = exp.spec.cluster
+            targets.append(_target(exp, clusters[cluster_name], probes.get(cluster_name)))
             conditions[exp.key()] = _EXPORTED
         imports[(ns, name)] = ServiceImport(
             metadata=Metadata(name=name, namespace=ns, owner=OWNER),
@@ -146,7 +165,7 @@ def derive(
     return Derived(
         imports=imports,
         export_conditions=conditions,
-        cluster_status=_cluster_statuses(clusters, alive, imports),
+        cluster_status=_cluster_statuses(clusters, alive, imports, probes),
     )
 
 
@@ -154,6 +173,7 @@ def _cluster_statuses(
     clusters: Mapping[str, Cluster],
     alive: Set[str],
     imports: Mapping[tuple[str, str], ServiceImport],
+    probes: Mapping[str, ProbeVerdict],
 ) -> dict[str, ClusterStatus]:
     exported: dict[str, int] = defaultdict(int)
     unhealthy: dict[str, int] = defaultdict(int)
@@ -165,8 +185,11 @@ def _cluster_statuses(
     out: dict[str, ClusterStatus] = {}
     for name, cluster in clusters.items():
         is_alive = name in alive
+        verdict = probes.get(name)
         if not is_alive:
             health, message = "unreachable", "agent lease expired; exports withdrawn"
+        elif verdict is not None and verdict.failed:
+            health, message = "unreachable", verdict.reason
         elif unhealthy[name]:
             health, message = (
                 "degraded",

@@ -37,13 +37,16 @@ from grpc import aio
 from atoll.aio import spawn
 from atoll.api import ApiContext, build_app
 from atoll.control import metrics
+from atoll.control.bounds import Timings, compute_bounds
 from atoll.control.feeds import feed_table
+from atoll.control.janitor import Janitor
 from atoll.control.liveness import Liveness
 from atoll.control.reconciler import Reconciler
 from atoll.control.repo import Repo
 from atoll.control.reports import REPORTABLE, AgentReports
 from atoll.errors import FatalError
 from atoll.httpserve import serve_http
+from atoll.jobs.app import RUN_DRILL, make_celery
 from atoll.model import Cluster, Region, Resource, ServiceImport, TrafficPolicy, TrustDomain
 from atoll.store import Store
 from atoll.store.election import LeaderElection, LeadershipLostError
@@ -68,6 +71,7 @@ SYNC_KINDS: tuple[type[Resource], ...] = (
     TrustDomain,
 )
 LEADER_KEY = "/atoll/v1/leader"
+RECONCILE_DEBOUNCE = 0.05
 GRPC_SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
@@ -99,6 +103,10 @@ class PlaneConfig:
     #: https_web instead of https_spiffe: the endpoint's Web PKI certificate and key
     bundle_web_cert: Path | None = None
     bundle_web_key: Path | None = None
+    #: Celery broker for long jobs (redis://... or filesystem:///dir); None = no drills
+    broker: str | None = None
+    #: the API URL workers call back (default: http://<api_host>:<api_port>)
+    public_api: str | None = None
 
     def resolved_id(self) -> str:
         return self.server_id or f"{socket.gethostname()}:{self.api_port}"
@@ -171,6 +179,15 @@ class ControlPlane:
                 "enrollment server (TLS)",
                 hub.tls.credentials(require_client_auth=False),
             )
+        bounds = compute_bounds(
+            Timings(
+                lease_ttl=float(cfg.lease_ttl),
+                heartbeat_interval=cfg.heartbeat_interval,
+                expiry_sweep=_expiry_sweep(store),
+                reconcile_debounce=RECONCILE_DEBOUNCE,
+            )
+        )
+        enqueue = self._enqueuer(cfg) if cfg.broker is not None else None
         app = build_app(
             ApiContext(
                 repo=repo,
@@ -181,6 +198,8 @@ class ControlPlane:
                 is_leader=lambda: election.is_leader,
                 ready=self.ready,
                 trust=hub,
+                bounds=lambda: bounds,
+                enqueue=enqueue,
             )
         )
 
@@ -207,7 +226,9 @@ class ControlPlane:
                         feed_table(store, cls, self.tables[cls.KIND]), name=f"feed:{cls.KIND}"
                     )
                 tg.create_task(election.run(), name="election")
-                tg.create_task(self._lead(election, Reconciler(repo), hub), name="leader")
+                janitor = Janitor(repo, enqueue=enqueue)
+                reconciler = Reconciler(repo, debounce=RECONCILE_DEBOUNCE)
+                tg.create_task(self._lead(election, reconciler, janitor, hub), name="leader")
                 if hub is not None:
                     tg.create_task(hub.run(), name="trust")
                 if hub is not None and cfg.bundle_endpoint is not None:
@@ -250,20 +271,39 @@ class ControlPlane:
         await self._ready.wait()
         on_ready(self)
 
+    def _enqueuer(self, cfg: PlaneConfig) -> Callable[[str], None]:
+        assert cfg.broker is not None
+        celery = make_celery(cfg.broker)
+        api = cfg.public_api or f"http://{cfg.api_host}:{self.api_port or cfg.api_port}"
+
+        def enqueue(drill: str) -> None:
+            celery.send_task(
+                RUN_DRILL,
+                args=[drill, cfg.public_api or api],
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
+            )
+            log.info("drill enqueued", extra={"drill": drill, "broker": cfg.broker})
+
+        return enqueue
+
     async def _lead(
-        self, election: LeaderElection, reconciler: Reconciler, hub: TrustHub | None
+        self,
+        election: LeaderElection,
+        reconciler: Reconciler,
+        janitor: Janitor,
+        hub: TrustHub | None,
     ) -> None:
-        """Run the reconciler (and the trust hub's leader work) exactly while leader."""
+        """Run the reconciler, the job janitor (and the trust hub's leader work) while leader."""
         while True:
             try:
                 async with election.leadership():
                     metrics.IS_LEADER.set(1)
                     log.info("became leader; reconciling", extra={"server_id": self.server_id})
-                    if hub is None:
-                        await reconciler.run()
-                    else:
-                        async with asyncio.TaskGroup() as tg:
-                            tg.create_task(reconciler.run(), name="reconciler")
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(reconciler.run(), name="reconciler")
+                        tg.create_task(janitor.run(), name="janitor")
+                        if hub is not None:
                             tg.create_task(hub.lead(), name="trust-leader")
             except LeadershipLostError as exc:
                 log.warning(
@@ -272,6 +312,13 @@ class ControlPlane:
                 )
             finally:
                 metrics.IS_LEADER.set(0)
+
+
+def _expiry_sweep(store: Store) -> float:
+    """How long the store may take to notice an expired lease (for the stated bound)."""
+    sweep = getattr(store, "sweep_interval", None)
+    # etcd's leader checks lease expiry every 500 ms (lessor revoke loop)
+    return float(sweep) if isinstance(sweep, int | float) else 0.5
 
 
 def _listen(

@@ -35,9 +35,18 @@ from atoll.control import metrics
 from atoll.control.actions import execute, plan_actions
 from atoll.control.derive import derive
 from atoll.control.liveness import LIVENESS_PREFIX
+from atoll.control.quorum import probe_verdicts
 from atoll.control.repo import Repo, from_entry
 from atoll.errors import AtollError, InvalidError
-from atoll.model import ROOT, Cluster, Resource, ServiceExport, ServiceImport, store_prefix
+from atoll.model import (
+    ROOT,
+    Cluster,
+    ProbeReport,
+    Resource,
+    ServiceExport,
+    ServiceImport,
+    store_prefix,
+)
 from atoll.store import Entry
 from atoll.store.watching import Changes, Observation, apply_observation, list_and_watch
 
@@ -144,10 +153,12 @@ class Reconciler:
         clusters: dict[str, Cluster] = {}
         imports: dict[tuple[str, str], ServiceImport] = {}
         alive: set[str] = set()
-        p_exp, p_cl, p_imp = (
+        probes: list[ProbeReport] = []
+        p_exp, p_cl, p_imp, p_probe = (
             store_prefix(ServiceExport),
             store_prefix(Cluster),
             store_prefix(ServiceImport),
+            store_prefix(ProbeReport),
         )
         for key, entry in state.items():
             if key.startswith(p_exp):
@@ -159,9 +170,12 @@ class Reconciler:
             elif key.startswith(p_imp):
                 if (i := self._decoded.get(ServiceImport, entry)) is not None:
                     imports[(i.metadata.namespace or "", i.metadata.name)] = i
+            elif key.startswith(p_probe):
+                if (pr := self._decoded.get(ProbeReport, entry)) is not None:
+                    probes.append(pr)
             elif key.startswith(LIVENESS_PREFIX):
                 alive.add(key[len(LIVENESS_PREFIX) :])
-        desired = derive(exports, clusters, alive)
+        desired = derive(exports, clusters, alive, probe_verdicts(probes, alive))
         actions = plan_actions(desired, imports=imports, exports=exports, clusters=clusters)
         self._echoes.clear()
         result = await execute(self.repo, actions, on_written=self._written) if actions else None

@@ -24,7 +24,15 @@ from datetime import UTC, datetime
 from atoll.control.liveness import Liveness
 from atoll.control.repo import Repo, mutate
 from atoll.errors import ConflictError, InvalidError
-from atoll.model import Cluster, ClusterStatus, Metadata, ServiceExport, TrustDomain, decode
+from atoll.model import (
+    Cluster,
+    ClusterStatus,
+    Metadata,
+    ProbeReport,
+    ServiceExport,
+    TrustDomain,
+    decode,
+)
 from atoll.sync import Item, NodeInfo, PermissionDeniedError
 from atoll.trusthub.domains import merge_cluster_report
 from atoll.trusthub.naming import DEFAULT_FEDERATION_DOMAIN, parse_federation_domain
@@ -36,7 +44,7 @@ log = logging.getLogger("atoll.control.reports")
 
 #: what each role may report
 REPORTABLE: dict[str, frozenset[str]] = {
-    "agent": frozenset({"Cluster", "ServiceExport", "TrustDomain"}),
+    "agent": frozenset({"Cluster", "ServiceExport", "TrustDomain", "ProbeReport"}),
 }
 
 
@@ -81,8 +89,33 @@ class AgentReports:
             await self._report_cluster(node, items)
         elif type_ == "TrustDomain":
             await self._report_trust_domain(node, items)
+        elif type_ == "ProbeReport":
+            await self._report_probes(node, items)
         else:
             await self._report_exports(node, items)
+
+    # -- ProbeReport -----------------------------------------------------------
+    async def _report_probes(self, node: NodeInfo, items: Sequence[Item]) -> None:
+        if len(items) != 1:
+            raise InvalidError(f"a ProbeReport report holds exactly one report, got {len(items)}")
+        reported = decode(ProbeReport, items[0].body)
+        if reported.metadata.name != node.cluster or reported.spec.vantage != node.cluster:
+            raise PermissionDeniedError(
+                f"agent of cluster {node.cluster!r} may report only its own probes, "
+                f"not {reported.spec.vantage!r}'s"
+            )
+        own = reported.model_copy(
+            update={
+                "metadata": reported.metadata.model_copy(update={"owner": f"agent/{node.cluster}"})
+            }
+        )
+
+        def replace(current: ProbeReport | None) -> ProbeReport:
+            if current is None:
+                return own
+            return current.model_copy(update={"spec": own.spec})
+
+        await mutate(self.repo, ProbeReport, (node.cluster,), replace)
 
     # -- TrustDomain ---------------------------------------------------------
     async def _report_trust_domain(self, node: NodeInfo, items: Sequence[Item]) -> None:

@@ -28,12 +28,14 @@ def parse_broker(url: str) -> tuple[str, dict[str, object]]:
                 field="broker",
             )
         queue = Path(parsed.path)
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (queue / sub).mkdir(parents=True, exist_ok=True)
         return "filesystem://", {
             "data_folder_in": str(queue / "queue"),
             "data_folder_out": str(queue / "queue"),
             "processed_folder": str(queue / "processed"),
+            # kombu otherwise writes its exchange files to ./control in the cwd
+            "control_folder": str(queue / "control"),
             "store_processed": False,
         }
     raise InvalidError(

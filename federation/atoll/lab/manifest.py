@@ -83,3 +83,8 @@ class Manifest(Frozen):
     regions: list[RegionEntry]
     zone: str
     clusters: list[ClusterEntry]
+    #: the lab's control API (kill/restart clusters for chaos drills)
+    control: str | None = None
+    #: the job broker (embedded: a directory) and the worker consuming it
+    broker: str | None = None
+    worker: ComponentEntry | None = None

@@ -88,7 +88,8 @@ class Supervisor:
         child = Child(
             name=name, argv=tuple(argv), log_path=log_path, health_url=health_url, proc=proc
         )
-        self.children.append(child)
+        # a restarted component replaces its dead predecessor
+        self.children = [c for c in self.children if c.name != name] + [child]
         log.info("started", extra={"component": name, "pid": proc.pid})
         return child
 
@@ -133,6 +134,13 @@ class Supervisor:
                     child.proc.kill()
                 await child.proc.wait()
         return child.proc.returncode
+
+    async def kill(self, child: Child) -> None:
+        """SIGKILL a child on purpose (chaos) and reap it."""
+        child.expected_exit = True
+        with contextlib.suppress(ProcessLookupError):
+            child.proc.kill()
+        await child.proc.wait()
 
     async def stop_all(self, *, grace: float = 10.0) -> None:
         for child in reversed(self.children):

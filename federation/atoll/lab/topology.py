@@ -130,6 +130,7 @@ class LabPlan:
     sync_port: int
     enroll_port: int
     bundle_port: int
+    control_port: int
     lease_ttl: int
     zone: str
     regions: tuple[RegionPlan, ...]
@@ -146,6 +147,16 @@ class LabPlan:
     @property
     def enroll_target(self) -> str:
         return f"{self.control_ip}:{self.enroll_port}"
+
+    @property
+    def control_url(self) -> str:
+        """The lab's own control API (kill/restart a cluster for chaos drills)."""
+        return f"http://{self.control_ip}:{self.control_port}"
+
+    @property
+    def broker_url(self) -> str:
+        """The embedded job broker: a directory, no server (kombu filesystem transport)."""
+        return f"filesystem://{(self.state_dir / 'broker').absolute()}"
 
     @property
     def bundle_endpoint(self) -> str:
@@ -211,6 +222,7 @@ def plan_lab(
     sync_port: int = 7071,
     enroll_port: int = 7072,
     bundle_port: int = 7073,
+    control_port: int = 7079,
     registry_port: int = 8500,
     agent_port: int = 8501,
     dns_port: int = 53,
@@ -233,8 +245,11 @@ def plan_lab(
         ("sync", sync_port),
         ("enroll", enroll_port),
         ("bundle", bundle_port),
+        ("lab control", control_port),
         ("registry", registry_port),
         ("agent", agent_port),
+        ("dns", dns_port),
+        ("dns admin", dns_admin_port),
     ):
         if not 1 <= port <= 65535:
             raise InvalidError(f"{what} port {port} is not 1-65535", field=f"{what}_port")
@@ -271,6 +286,7 @@ def plan_lab(
         sync_port=sync_port,
         enroll_port=enroll_port,
         bundle_port=bundle_port,
+        control_port=control_port,
         lease_ttl=lease_ttl,
         zone=zone,
         regions=regions,

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import httpx
 
+from atoll.errors import NotFoundError
 from atoll.lab.manifest import (
     ClusterEntry,
     ComponentEntry,
@@ -79,6 +80,7 @@ class Lab:
         self.registries: dict[str, Child] = {}
         self.agents: dict[str, Child] = {}
         self.dns: dict[str, Child] = {}
+        self.worker: Child | None = None
         self.started_at = datetime.now(UTC)
 
     @property
@@ -104,6 +106,15 @@ class Lab:
             "--ca-publish-lead", str(CA_PUBLISH_LEAD),
             "--server-id", "lab-control-plane",
             "--lease-ttl", str(p.lease_ttl),
+            "--broker", p.broker_url,
+        )  # fmt: skip
+
+    def worker_argv(self) -> list[str]:
+        return _py(
+            "worker",
+            "--broker", self.plan.broker_url,
+            "--lab-control", self.plan.control_url,
+            "--concurrency", "2",
         )  # fmt: skip
 
     def registry_argv(self, c: ClusterPlan) -> list[str]:
@@ -125,6 +136,7 @@ class Lab:
             "--state-dir", str(c.agent_state_dir),
             "--registry-url", c.registry_url,
             "--listen", f"{c.ip}:{c.agent_port}",
+            "--address", f"dns={c.dns_listen}",
             "--federation-domain", FEDERATION_DOMAIN,
             "--join-token", join_token,
             "--federation-bundle", str(p.bundle_file),
@@ -176,6 +188,13 @@ class Lab:
             health_url=f"{p.api_url}/readyz",
         )
         await sup.wait_healthy(self.control_plane)
+        self.progress("starting the job worker")
+        self.worker = await sup.start(
+            "worker",
+            self.worker_argv(),
+            log_path=p.state_dir / "logs" / "worker.log",
+            health_url=None,
+        )
         async with httpx.AsyncClient(timeout=5.0) as http:
             self.progress("fetching the federation bundle")
             await _fetch_bundle(http, p.api_url, p.bundle_file)
@@ -270,6 +289,40 @@ class Lab:
         await self.supervisor.stop_all()
         self.manifest_path.unlink(missing_ok=True)
 
+    # -- chaos (the lab control API) -------------------------------------------
+    def _cluster(self, name: str) -> ClusterPlan:
+        for c in self.plan.clusters:
+            if c.name == name:
+                return c
+        raise NotFoundError(f"no cluster {name!r} in this lab")
+
+    async def kill_cluster(self, name: str) -> list[str]:
+        """SIGKILL the cluster's agent and DNS server, as a crash would."""
+        self._cluster(name)
+        killed = []
+        for child in (self.agents.get(name), self.dns.get(name)):
+            if child is not None and child.proc.returncode is None:
+                await self.supervisor.kill(child)
+                killed.append(child.name)
+        return killed
+
+    async def start_cluster(self, name: str) -> list[str]:
+        """Start the cluster's agent and DNS server again (same command lines)."""
+        c = self._cluster(name)
+        started = []
+        for table, log_name in ((self.agents, f"agent-{name}"), (self.dns, f"dns-{name}")):
+            old = table.get(name)
+            if old is None or old.proc.returncode is None:
+                continue
+            table[name] = await self.supervisor.start(
+                old.name, old.argv, log_path=old.log_path, health_url=old.health_url
+            )
+            started.append(log_name)
+        for child in (self.agents[c.name], self.dns[c.name]):
+            await self.supervisor.wait_healthy(child)
+        write_manifest(self.manifest_path, self.manifest())
+        return started
+
     # -- manifest --------------------------------------------------------------
     def manifest(self) -> Manifest:
         p = self.plan
@@ -280,6 +333,9 @@ class Lab:
             return ComponentEntry(url=url, pid=child.pid, argv=list(child.argv), log=child.log_path)
 
         return Manifest(
+            control=p.control_url,
+            broker=p.broker_url,
+            worker=entry(self.worker, "") if self.worker is not None else None,
             state_dir=p.state_dir,
             pid=os.getpid(),
             started_at=self.started_at,

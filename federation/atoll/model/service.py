@@ -129,7 +129,10 @@ class ImportTarget(Frozen):
     addresses: list[str] = Field(default_factory=list, description="healthy endpoint addresses")
     endpoints_healthy: int = Field(0, ge=0)
     endpoints_total: int = Field(0, ge=0)
+    #: the one health verdict DNS and gateways both follow (DESIGN §6)
     healthy: bool = False
+    #: why the target is not healthy ("" when it is)
+    reason: str = Field("", max_length=300)
 
 
 class PortConflict(Frozen):

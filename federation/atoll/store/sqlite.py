@@ -110,7 +110,8 @@ class SqliteStore:
     ) -> None:
         self.path = Path(path).absolute()
         self._sleep = sleep
-        self._sweep_interval = sweep_interval
+        #: seconds between expired-lease sweeps (part of the stated withdrawal bound)
+        self.sweep_interval = sweep_interval
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         opened: concurrent.futures.Future[SqliteEngine] = concurrent.futures.Future()
         self._thread = threading.Thread(
@@ -145,7 +146,7 @@ class SqliteStore:
         if self._loop is None:
             self._loop = loop
             self._changed = asyncio.Event()
-            if self._sweep_interval > 0:
+            if self.sweep_interval > 0:
                 self._sweeper = spawn(self._sweep_forever(), name="atoll-sqlite-sweeper")
         elif self._loop is not loop:
             raise FatalError("a SqliteStore must be used from the event loop that first used it")
@@ -209,7 +210,7 @@ class SqliteStore:
 
     async def _sweep_forever(self) -> None:
         while not self._closed:
-            await self._sleep(self._sweep_interval)
+            await self._sleep(self.sweep_interval)
             try:
                 await self._run(self._engine.sweep)
             except AtollError as exc:
