@@ -152,3 +152,15 @@ def test_janitor_decisions() -> None:
         drills[1:2], now=NOW, stale_after=10, pending_timeout=60, max_attempts=3, can_enqueue=False
     )
     assert [a.action for a in no_broker] == ["rollback"]
+    requeued = drill("orphan", phase="pending", beat_age=120).model_copy(
+        update={
+            "status": DrillStatus.model_validate(
+                {"phase": "pending", "heartbeat_at": NOW - timedelta(seconds=120),
+                 "restore_states": {"a": "active"}, "attempt": 1}
+            )
+        }
+    )  # fmt: skip
+    again = plan_janitor(
+        [requeued], now=NOW, stale_after=10, pending_timeout=60, max_attempts=3, can_enqueue=True
+    )
+    assert [a.action for a in again] == ["rollback"], "never left drained silently"

@@ -148,6 +148,10 @@ def up(
     lease_ttl: Annotated[
         int, typer.Option(min=2, max=300, help="cluster liveness lease, seconds")
     ] = 5,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="job broker (e.g. redis://127.0.0.1:6379/0); default: embedded"),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="delete the lab's previous state first")
     ] = False,
@@ -161,6 +165,10 @@ def up(
     logs.configure("lab", level="warning", fmt="text")
     logging.getLogger("atoll.lab").setLevel(logging.WARNING)
     try:
+        if broker is not None:
+            from atoll.jobs.app import parse_broker
+
+            parse_broker(broker)
         plan = plan_lab(
             state_dir=g.state_dir / "lab",
             prefix=loopback,
@@ -171,6 +179,7 @@ def up(
             bundle_port=bundle_port,
             dns_port=dns_port,
             lease_ttl=lease_ttl,
+            broker=broker,
         )
     except AtollError as exc:
         fail(str(exc))

@@ -13,7 +13,8 @@ janitor looks at every unfinished drill periodically and decides, purely
   A chaos drill cannot be rolled back from here (its processes were killed);
   it ends ``failed`` with instructions.
 * a pending drill nobody claimed within ``pending_timeout`` fails with a hint
-  to start a worker.
+  to start a worker — and if it had already drained clusters before it was
+  requeued, it is rolled back instead, so no cluster stays drained silently.
 
 A worker that was only slow, not dead, notices at its next status write
 (the CAS sees another owner) and stops without rolling anything back.
@@ -64,14 +65,15 @@ def plan_janitor(
             if seen is None:
                 continue  # creation time is not recorded here; the API stamps heartbeat_at
             if (now - seen).total_seconds() > pending_timeout and st.worker is None:
-                out.append(
-                    JanitorAction(
-                        name,
-                        "fail",
-                        f"no worker picked the drill up within {pending_timeout:.0f}s; "
-                        "is `atoll worker` running against the same broker?",
-                    )
+                why = (
+                    f"no worker picked the drill up within {pending_timeout:.0f}s; "
+                    "is `atoll worker` running against the same broker?"
                 )
+                # a requeued drill may have drained clusters already: undo that
+                action: Literal["rollback", "fail"] = (
+                    "rollback" if st.restore_states and d.spec.kind != "chaos" else "fail"
+                )
+                out.append(JanitorAction(name, action, why))
             continue
         beat = st.heartbeat_at
         if beat is not None and (now - beat).total_seconds() <= stale_after:

@@ -207,7 +207,10 @@ class DrillRunner:
                 "hold",
             ):
                 raise StepFailedError("cancelled by the operator")
-            await self._set_step(name, state="running", started_at=self.now(), detail="")
+            step = self.drill.status.step(name)
+            # a step resumed after a lost worker keeps its original start time
+            started = step.started_at if step.state == "running" and step.started_at else self.now()
+            await self._set_step(name, state="running", started_at=started, detail="")
             try:
                 detail = await handlers[name]()
             except StepFailedError as exc:
@@ -363,7 +366,10 @@ class DrillRunner:
         return self.monotonic() - max(0.0, (self.now() - when).total_seconds())
 
     async def _hold(self) -> str:
-        end = self.monotonic() + self.drill.spec.hold_seconds
+        # counted from the hold's first start, so a resumed drill does not hold twice
+        end = self._elapsed_since(self.drill.status.step("hold").started_at) + (
+            self.drill.spec.hold_seconds
+        )
         while self.monotonic() < end:
             if self.drill.status.cancel_requested:
                 return "cut short: cancel requested"

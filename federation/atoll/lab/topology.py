@@ -133,6 +133,8 @@ class LabPlan:
     control_port: int
     lease_ttl: int
     zone: str
+    #: job broker URL; None = the embedded filesystem broker in the state dir
+    broker: str | None
     regions: tuple[RegionPlan, ...]
     clusters: tuple[ClusterPlan, ...]
 
@@ -155,8 +157,8 @@ class LabPlan:
 
     @property
     def broker_url(self) -> str:
-        """The embedded job broker: a directory, no server (kombu filesystem transport)."""
-        return f"filesystem://{(self.state_dir / 'broker').absolute()}"
+        """The job broker; by default embedded: a directory, no server (kombu filesystem)."""
+        return self.broker or f"filesystem://{(self.state_dir / 'broker').absolute()}"
 
     @property
     def bundle_endpoint(self) -> str:
@@ -229,6 +231,7 @@ def plan_lab(
     dns_admin_port: int = 8553,
     lease_ttl: int = 5,
     zone: str = "atoll.test.",
+    broker: str | None = None,
 ) -> LabPlan:
     """Plan a lab of ``clusters`` clusters (1-6), one per region."""
     m = _PREFIX.fullmatch(prefix)
@@ -288,6 +291,7 @@ def plan_lab(
         bundle_port=bundle_port,
         control_port=control_port,
         lease_ttl=lease_ttl,
+        broker=broker,
         zone=zone,
         regions=regions,
         clusters=tuple(plans),
