@@ -281,15 +281,30 @@ class SyncClient:
         for rep in self._reports.values():
             rep.state = "pending"
         self._wake_reports.set()
-        tasks = [spawn(self._send_reports(call), name=f"sync-reports:{self.node.id}")]
+        tasks = [
+            spawn(self._writer_task(self._send_reports(call)), name=f"sync-reports:{self.node.id}")
+        ]
         if self.heartbeat:
             interval = max(0.1, welcome.heartbeat_interval_ms / 1000 or 1.0)
-            tasks.append(spawn(self._heartbeats(call, interval), name=f"sync-hb:{self.node.id}"))
+            tasks.append(
+                spawn(
+                    self._writer_task(self._heartbeats(call, interval)),
+                    name=f"sync-hb:{self.node.id}",
+                )
+            )
         return tasks
 
     async def _write(self, call: Any, msg: pb.ClientMessage) -> None:
         async with self._write_lock:
             await call.write(msg)
+
+    async def _writer_task(self, work: Awaitable[None]) -> None:
+        """Run a background writer of this session; a stream that ends under it is not
+        an error of its own (the session's reader sees the end and reconnects)."""
+        try:
+            await work
+        except (asyncio.InvalidStateError, aio.AioRpcError):
+            return
 
     async def _send_reports(self, call: Any) -> None:
         while True:

@@ -349,6 +349,8 @@ class SyncServicer(pb_grpc.SyncServicer):
                     stream.inbox.put_nowait(msg)
         except (aio.AioRpcError, asyncio.CancelledError):
             pass
+        except Exception as exc:  # e.g. the server stopping under the stream
+            log.debug("stream reader ended", extra={"node": stream.node.id, "error": repr(exc)})
         finally:
             stream.inbox.put_nowait(None)
 
