@@ -46,7 +46,7 @@ from atoll.model import (
     ServicePort,
 )
 
-__all__ = ["Derived", "derive"]
+__all__ = ["Derived", "cluster_statuses", "derive", "derive_imports"]
 
 OWNER = "control-plane/imports"
 
@@ -122,7 +122,27 @@ def derive(
     alive: Set[str],
     probes: Mapping[str, ProbeVerdict] | None = None,
 ) -> Derived:
+    """Everything at once: the imports of every group and every cluster's status."""
     probes = probes or {}
+    imports, conditions = derive_imports(exports, clusters, alive, probes)
+    return Derived(
+        imports=imports,
+        export_conditions=conditions,
+        cluster_status=cluster_statuses(clusters, alive, imports, probes),
+    )
+
+
+def derive_imports(
+    exports: Iterable[ServiceExport],
+    clusters: Mapping[str, Cluster],
+    alive: Set[str],
+    probes: Mapping[str, ProbeVerdict],
+) -> tuple[dict[tuple[str, str], ServiceImport], dict[str, tuple[Condition, ...]]]:
+    """The imports of the groups ``exports`` belong to, and those exports' conditions.
+
+    Groups are independent, so a caller may pass only the exports of the groups
+    that changed (the reconciler does) and get exactly those groups back.
+    """
     groups: dict[tuple[str, str], list[ServiceExport]] = defaultdict(list)
     conditions: dict[str, tuple[Condition, ...]] = {}
     for exp in exports:
@@ -162,14 +182,10 @@ def derive(
             status=ServiceImportStatus(conflicts=sorted(conflicts, key=lambda c: c.cluster)),
         )
 
-    return Derived(
-        imports=imports,
-        export_conditions=conditions,
-        cluster_status=_cluster_statuses(clusters, alive, imports, probes),
-    )
+    return imports, conditions
 
 
-def _cluster_statuses(
+def cluster_statuses(
     clusters: Mapping[str, Cluster],
     alive: Set[str],
     imports: Mapping[tuple[str, str], ServiceImport],
