@@ -24,6 +24,7 @@ from atoll.sync import (
     SyncClient,
     SyncServicer,
 )
+from atoll.sync.server import add_sync_servicer
 from atoll.sync.v1 import sync_pb2 as pb
 from atoll.sync.v1 import sync_pb2_grpc as pb_grpc
 from tests.polling import eventually
@@ -73,7 +74,7 @@ class Server:
 
     async def start(self, port: int = 0) -> None:
         self.server = aio.server()
-        pb_grpc.add_SyncServicer_to_server(self.servicer, self.server)
+        add_sync_servicer(self.servicer, self.server)
         self.port = self.server.add_insecure_port(f"{HOST}:{port}")
         await self.server.start()
 

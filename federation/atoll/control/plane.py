@@ -52,8 +52,8 @@ from atoll.store import Store
 from atoll.store.election import LeaderElection, LeadershipLostError
 from atoll.store.urls import open_store
 from atoll.sync import AllowAll, Authorizer, ResourceTable, SyncServicer
+from atoll.sync.server import add_sync_servicer
 from atoll.sync.v1 import enrollment_pb2_grpc as enroll_grpc
-from atoll.sync.v1 import sync_pb2_grpc as pb_grpc
 from atoll.trusthub.endpoint import BundleEndpoint
 from atoll.trusthub.hub import TrustHub, TrustSettings
 from atoll.trusthub.naming import parse_federation_domain
@@ -160,7 +160,7 @@ class ControlPlane:
             store, key=LEADER_KEY, candidate_id=self.server_id, ttl=cfg.leader_ttl
         )
         grpc_server = aio.server(options=GRPC_SERVER_OPTIONS)
-        pb_grpc.add_SyncServicer_to_server(servicer, grpc_server)
+        add_sync_servicer(servicer, grpc_server)
         if hub is None:
             self.sync_port = _listen(grpc_server, cfg.sync_host, cfg.sync_port, "sync server", None)
         else:

@@ -56,8 +56,7 @@ from atoll.sync import metrics
 from atoll.sync.pushing import NackRecord, Push, Subscription
 from atoll.sync.table import Item, ResourceTable
 from atoll.sync.v1 import sync_pb2 as pb
-from atoll.sync.v1 import sync_pb2_grpc as pb_grpc
-from atoll.sync.wire import NodeInfo, item_from_pb, node_from_pb, push_to_pb
+from atoll.sync.wire import NodeInfo, encode_push, item_from_pb, node_from_pb
 
 __all__ = [
     "AllowAll",
@@ -69,6 +68,7 @@ __all__ = [
     "SubscriptionStatus",
     "SyncServicer",
     "UnauthenticatedError",
+    "add_sync_servicer",
 ]
 
 log = logging.getLogger("atoll.sync.server")
@@ -215,7 +215,29 @@ def _status(code: int, message: str, resources: Sequence[str] = ()) -> pb.Status
     return pb.Status(code=code, message=message, resources=list(resources))
 
 
-class SyncServicer(pb_grpc.SyncServicer):
+def _serialize(msg: pb.ServerMessage | bytes) -> bytes:
+    """Pushes arrive pre-encoded (:func:`~atoll.sync.wire.encode_push`); the rest is
+    serialized as usual."""
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+def add_sync_servicer(servicer: SyncServicer, server: aio.Server) -> None:
+    """Register the Sync service on ``server`` (instead of the generated helper, whose
+    serializer would re-encode every pre-encoded push)."""
+    handler = grpc.method_handlers_generic_handler(
+        "atoll.sync.v1.Sync",
+        {
+            "Stream": grpc.stream_stream_rpc_method_handler(
+                servicer.Stream,
+                request_deserializer=pb.ClientMessage.FromString,
+                response_serializer=_serialize,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+
+
+class SyncServicer:
     """Serves the Sync stream from a set of resource tables."""
 
     def __init__(
@@ -256,7 +278,7 @@ class SyncServicer(pb_grpc.SyncServicer):
         self,
         request_iterator: AsyncIterator[pb.ClientMessage],
         context: aio.ServicerContext[pb.ClientMessage, pb.ServerMessage],
-    ) -> AsyncIterator[pb.ServerMessage]:
+    ) -> AsyncIterator[pb.ServerMessage | bytes]:
         peer = context.peer() or "unknown"
         try:
             async with asyncio.timeout(HELLO_TIMEOUT):
@@ -354,7 +376,7 @@ class SyncServicer(pb_grpc.SyncServicer):
         finally:
             stream.inbox.put_nowait(None)
 
-    async def _loop(self, stream: _Stream) -> AsyncIterator[pb.ServerMessage]:
+    async def _loop(self, stream: _Stream) -> AsyncIterator[pb.ServerMessage | bytes]:
         while not stream.closed:
             event = await stream.inbox.get()
             if event is None:
@@ -379,7 +401,7 @@ class SyncServicer(pb_grpc.SyncServicer):
                     continue
             if push is not None:
                 metrics.PUSHES.labels(type=push.type).inc()
-                yield push_to_pb(push)
+                yield encode_push(push)
 
     async def _on_heartbeat(self, stream: _Stream, hb: pb.Heartbeat) -> pb.ServerMessage:
         try:
