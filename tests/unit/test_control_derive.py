@@ -157,3 +157,15 @@ def test_unhealthy_reasons() -> None:
     ta, tb = d.imports[("demo", "web")].spec.targets
     assert ta.reason == "cluster drained by the operator"
     assert tb.reason == "no healthy endpoints"
+
+
+def test_cordoned_cluster_keeps_what_it_serves_and_joins_nothing_new() -> None:
+    clusters = dict(CLUSTERS, a=cluster("a", "eu", admin="cordoned"))
+    web, api = export("a", "web"), export("a", "api")
+    d = derive(
+        [web, api, export("b", "api")], clusters, {"a", "b"}, previous={("demo", "web"): {"a"}}
+    )
+    assert [t.cluster for t in d.imports[("demo", "web")].spec.targets] == ["a"]
+    assert [t.cluster for t in d.imports[("demo", "api")].spec.targets] == ["b"]
+    ready = d.export_conditions[api.key()][0]
+    assert (ready.status, ready.reason) == ("False", "Cordoned")

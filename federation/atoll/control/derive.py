@@ -20,6 +20,10 @@ when a quorum of other clusters' probes cannot reach it
 (:mod:`atoll.control.quorum`), or when it has no healthy endpoints (endpoint
 health arrives debounced by the agent's hysteresis).
 
+A *cordoned* cluster keeps serving the services it already serves but its
+new exports are held back (``Ready=False, reason=Cordoned``) — for emptying a
+cluster gently before maintenance, as ``kubectl cordon`` does for a node.
+
 Exports of a cluster that is not alive are *withdrawn*: kept in the store as
 last reported (so they come back instantly when the agent does), but absent
 from every import and marked ``Ready=False, reason=ClusterUnavailable``.
@@ -82,6 +86,12 @@ def _conflict(on: bool, message: str = "") -> Condition:
 # them is safe, and building 2 per export per pass was most of a pass's cost at
 # 20,000 exports (measured by tests/bench/bench_sync.py).
 _EXPORTED = (_ready(True, "Exported"), _conflict(False))
+_CORDONED = (
+    _ready(
+        False, "Cordoned", "the cluster is cordoned: it keeps what it serves, joins nothing new"
+    ),
+    _conflict(False),
+)
 _WITHDRAWN = {
     why: (_ready(False, "ClusterUnavailable", f"withdrawn: {why}"), _conflict(False))
     for why in ("agent lease expired", "cluster not registered")
@@ -121,10 +131,11 @@ def derive(
     clusters: Mapping[str, Cluster],
     alive: Set[str],
     probes: Mapping[str, ProbeVerdict] | None = None,
+    previous: Mapping[tuple[str, str], Set[str]] | None = None,
 ) -> Derived:
     """Everything at once: the imports of every group and every cluster's status."""
     probes = probes or {}
-    imports, conditions = derive_imports(exports, clusters, alive, probes)
+    imports, conditions = derive_imports(exports, clusters, alive, probes, previous or {})
     return Derived(
         imports=imports,
         export_conditions=conditions,
@@ -137,11 +148,14 @@ def derive_imports(
     clusters: Mapping[str, Cluster],
     alive: Set[str],
     probes: Mapping[str, ProbeVerdict],
+    previous: Mapping[tuple[str, str], Set[str]],
 ) -> tuple[dict[tuple[str, str], ServiceImport], dict[str, tuple[Condition, ...]]]:
     """The imports of the groups ``exports`` belong to, and those exports' conditions.
 
     Groups are independent, so a caller may pass only the exports of the groups
     that changed (the reconciler does) and get exactly those groups back.
+    ``previous`` names the clusters each group's stored import already lists:
+    a *cordoned* cluster keeps serving those but joins no new group.
     """
     groups: dict[tuple[str, str], list[ServiceExport]] = defaultdict(list)
     conditions: dict[str, tuple[Condition, ...]] = {}
@@ -170,7 +184,13 @@ def derive_imports(
                 conditions[exp.key()] = (_ready(False, "Conflict", msg), _conflict(True, msg))
                 continue
             cluster_name = exp.spec.cluster
-            targets.append(_target(exp, clusters[cluster_name], probes.get(cluster_name)))
+            member = clusters[cluster_name]
+            if member.spec.admin_state == "cordoned" and cluster_name not in previous.get(
+                (ns, name), ()
+            ):
+                conditions[exp.key()] = _CORDONED
+                continue
+            targets.append(_target(exp, member, probes.get(cluster_name)))
             conditions[exp.key()] = _EXPORTED
         imports[(ns, name)] = ServiceImport(
             metadata=Metadata(name=name, namespace=ns, owner=OWNER),

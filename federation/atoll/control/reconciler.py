@@ -298,7 +298,8 @@ class Reconciler:
             entry = seen.imports.get(store_key(ServiceImport, g))
             if entry is not None and (i := self._decoded.get(ServiceImport, entry)) is not None:
                 imports[g] = i
-        wanted, conditions = derive_imports(exports, clusters, alive, verdicts)
+        previous = {g: {t.cluster for t in i.spec.targets} for g, i in imports.items()}
+        wanted, conditions = derive_imports(exports, clusters, alive, verdicts, previous)
         for g in groups:
             if g in wanted:
                 self._desired[g] = wanted[g]
