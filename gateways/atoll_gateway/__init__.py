@@ -1,1 +1,42 @@
-"""East-west gateways: SNI passthrough, SPIFFE-authorized termination, egress (DESIGN §1, §7)."""
+"""East-west gateways: SNI passthrough, SPIFFE-authorized termination, egress (DESIGN §1, §7).
+
+One gateway per cluster (``atoll gateway serve``) has one TLS port for
+traffic *into* its cluster and plain local listeners for traffic *out* of it:
+
+* **inbound** (:mod:`.inbound`) — peek the ClientHello (:mod:`.clienthello`,
+  :mod:`.peek`), route by SNI (:mod:`.naming`:
+  ``[<port>.]<service>.<namespace>.svc[.<cluster>].<zone>``) to a healthy local
+  endpoint of an *exported* service; relay without terminating
+  (``passthrough``: workload mTLS stays end to end, zero-copy splice) or
+  terminate mTLS with the gateway's SVID, verify the peer against its own
+  domain's bundle, authorize it (:mod:`.policy`) and forward, optionally with a
+  PROXY v2 header naming the peer's SPIFFE ID (:mod:`.proxyproto`);
+* **egress** (:mod:`.egress`) — plain TCP from local workloads per imported
+  service, carried over mTLS (this cluster's gateway SVID) to the gateway of
+  the cluster chosen by DNS's own strategy code (:mod:`.routes`).
+
+Decisions worth knowing:
+
+* **Where endpoints come from** — the cluster's own catalog (the registry the
+  agent reads), through the agent's ``build_exports``: it carries ports and
+  per-endpoint health (imports carry only addresses) and works without the
+  control plane. Remote clusters come from ServiceImport/Cluster over sync.
+* **Same verdict as DNS** — egress decisions are computed with
+  :func:`atoll_dns.snapshot.build_zone` and :func:`atoll_dns.strategy.decide`
+  over the same resources, for the gateway's region.
+* **DNS answers are unchanged** — they still name endpoint addresses, which
+  the lab's flat loopback network can reach directly; the gateway path is
+  opt-in through the egress listeners. Answering with the gateway address
+  instead needs a client that speaks TLS with our SNI (a sidecar) or a per-cluster
+  egress VIP in DNS, and would change what the drills verify; not done here.
+* **Peer gateways are always terminated** — egress offers ALPN
+  ``atoll-tunnel/1``; an inbound gateway terminates such connections whatever
+  the service's mode, and applies the service's allow policy to the peer
+  gateway's ID.
+"""
+
+from atoll_gateway.config import GatewayConfig, RouteConfig, load_config
+from atoll_gateway.node import GatewayNode
+from atoll_gateway.policy import AllowPolicy
+
+__all__ = ["AllowPolicy", "GatewayConfig", "GatewayNode", "RouteConfig", "load_config"]

@@ -137,13 +137,14 @@ def test_manifest_names_every_component(lab: Lab) -> None:
     for c in m["clusters"]:
         assert alive(c["agent"]["pid"]) and alive(c["registry"]["pid"])
         assert alive(c["dns"]["pid"]) and c["dns"]["listen"] == f"{c['address']}:53"
-        assert c["gateway"] is None
+        # gateways exist since issue 5: one per cluster, on the cluster's address
+        assert alive(c["gateway"]["pid"]) and c["gateway"]["listen"] == f"{c['address']}:15443"
 
 
 def test_everything_runs_over_mtls_with_spiffe_identities(lab: Lab) -> None:
     m = lab.m
     argvs = [m["control_plane"]["argv"]] + [
-        c[k]["argv"] for c in m["clusters"] for k in ("agent", "dns")
+        c[k]["argv"] for c in m["clusters"] for k in ("agent", "dns", "gateway")
     ]
     assert not any("--insecure" in argv for argv in argvs)
     assert m["control_plane"]["trust_domain"] == "atoll.lab"
@@ -474,8 +475,14 @@ def test_control_plane_restart_converges(lab: Lab) -> None:
         for v in status["clusters"]
         if v["cluster"]["status"]["alive"]
     } == names
-    connected = {n["id"] for n in status["nodes"] if n["connected"]}
-    assert connected == {f"{role}/{n}" for n in names for role in ("agent", "dns")}
+    # gateways (issue 5) reconnect with their own backoff: wait for them too
+    want = {f"{role}/{n}" for n in names for role in ("agent", "dns", "gateway")}
+
+    def all_connected() -> bool:
+        nodes = lab.http.get(lab.api + "/v1/status").json()["nodes"]
+        return {n["id"] for n in nodes if n["connected"]} == want
+
+    wait_for("every agent, DNS server and gateway reconnected", all_connected)
 
 
 def test_cli_status_json_and_unreachable_control_plane(lab: Lab, tmp_path: Path) -> None:

@@ -58,6 +58,10 @@ def _table(m: Manifest) -> Table:
             t.add_row(f"Workload API ({name})", c.name, c.region, str(sock), str(c.agent.pid))
         if c.dns is not None:
             t.add_row("DNS (udp+tcp)", c.name, c.region, c.dns.listen, str(c.dns.pid))
+        if c.gateway is not None:
+            g = c.gateway
+            t.add_row("gateway (TLS, SNI)", c.name, c.region, g.listen, str(g.pid))
+            t.add_row("gateway egress", c.name, c.region, f"{g.egress_host}:<port>", str(g.pid))
     return t
 
 

@@ -11,6 +11,7 @@ from atoll import __version__
 from atoll.cli.common import Globals, default_state_dir
 from atoll.cli.dnscmd import dns_app
 from atoll.cli.drillcmd import drill_app, what_if, worker
+from atoll.cli.gatewaycmd import gateway_app
 from atoll.cli.inspect import get_app, status
 from atoll.cli.lab import up
 from atoll.cli.serve import agent, registry, serve
@@ -57,6 +58,7 @@ app.command()(up)
 app.command()(status)
 app.add_typer(get_app, name="get")
 app.add_typer(dns_app, name="dns")
+app.add_typer(gateway_app, name="gateway")
 app.add_typer(trust_app, name="trust")
 app.add_typer(join_token_app, name="join-token")
 app.add_typer(drill_app, name="drill")

@@ -2,7 +2,8 @@
 
 Printed by ``atoll up --output json`` and written to ``<state>/lab/manifest.json``
 while the lab runs, so tools and tests can find (and restart) components.
-Gateway entries are null until gateways exist. Trust fields name the
+Each cluster lists its east-west gateway (TLS listener, admin URL, egress
+host) and the demo workload server. Trust fields name the
 federation domain, the bundle and KEK files, and each cluster's domain and
 Workload API sockets.
 """
@@ -16,7 +17,14 @@ from pydantic import Field
 
 from atoll.model.base import Frozen
 
-__all__ = ["ClusterEntry", "ComponentEntry", "DnsEntry", "Manifest", "RegionEntry"]
+__all__ = [
+    "ClusterEntry",
+    "ComponentEntry",
+    "DnsEntry",
+    "GatewayEntry",
+    "Manifest",
+    "RegionEntry",
+]
 
 
 class ComponentEntry(Frozen):
@@ -50,6 +58,15 @@ class DnsEntry(ComponentEntry):
     zone: str
 
 
+class GatewayEntry(ComponentEntry):
+    """``url`` is the admin API; ``listen`` the TLS port; egress listeners open on
+    ``egress_host`` at each imported service's port."""
+
+    listen: str
+    egress_host: str
+    config_file: Path
+
+
 class ClusterEntry(Frozen):
     name: str
     region: str
@@ -58,7 +75,9 @@ class ClusterEntry(Frozen):
     registry: ComponentEntry
     agent: ComponentEntry
     dns: DnsEntry | None = None
-    gateway: ComponentEntry | None = None
+    gateway: GatewayEntry | None = None
+    #: the demo workload server behind the gateway-terminated demo service
+    demo: ComponentEntry | None = None
     services: list[str]
     #: the cluster's own SPIFFE trust domain (its agent runs the CA)
     trust_domain: str | None = None

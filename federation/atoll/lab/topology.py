@@ -9,8 +9,17 @@ Trust (:mod:`atoll.trusthub`): the federation domain is ``atoll.lab``, each
 cluster's ``<cluster>.atoll.lab``. Secrets live under ``<state>/trust/``
 (mode 0700): the control plane's KEK and one KEK per cluster agent (0600), and
 the federation bundle the agents are started with. Each agent serves the
-Workload API to its cluster's DNS server (``dns`` → ``/atoll/dns``) and to a
-demo workload (``web`` → ``/demo/web``), on sockets in its state directory.
+Workload API to its cluster's DNS server (``dns`` → ``/atoll/dns``), its
+east-west gateway (``gateway`` → ``/atoll/gateway``) and a demo workload
+(``web`` → ``/demo/web``), on sockets in its state directory.
+
+Gateways (:mod:`atoll_gateway`): each cluster's gateway listens for TLS on
+``<prefix>.<n>.1:15443`` (admin ``:15000``) and opens its egress listeners on
+``<prefix>.<n>.2`` at each imported service's port, so a local client reaches
+``demo/web`` of the federation at ``<prefix>.<n>.2:8080``. ``demo/web`` is
+terminated (mTLS between gateways, PROXY v2 to the endpoint) and its
+instances are real: a demo server per cluster answers on their addresses with
+the caller's SPIFFE ID. ``demo/api`` stays passthrough (registered addresses only).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from pathlib import Path
 from atoll.errors import InvalidError
 
 __all__ = [
+    "DEMO_GATEWAY_SERVICE",
     "DEMO_NAMESPACE",
     "FEDERATION_DOMAIN",
     "LAB_WORKLOADS",
@@ -37,7 +47,9 @@ __all__ = [
 DEMO_NAMESPACE = "demo"
 FEDERATION_DOMAIN = "atoll.lab"
 #: Workload API registrations of every lab agent: name -> SPIFFE ID path
-LAB_WORKLOADS = {"dns": "atoll/dns", "web": "demo/web"}
+LAB_WORKLOADS = {"dns": "atoll/dns", "gateway": "atoll/gateway", "web": "demo/web"}
+#: the demo service whose instances run the demo server, terminated by the gateways
+DEMO_GATEWAY_SERVICE = "web"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +99,8 @@ class ClusterPlan:
     agent_port: int
     dns_port: int
     dns_admin_port: int
+    gateway_port: int
+    gateway_admin_port: int
     state_dir: Path
     services: tuple[DemoService, ...]
     #: the agent's key-encryption key (seals the cluster CA)
@@ -107,6 +121,19 @@ class ClusterPlan:
     @property
     def dns_admin_url(self) -> str:
         return f"http://{self.ip}:{self.dns_admin_port}"
+
+    @property
+    def gateway_listen(self) -> str:
+        return f"{self.ip}:{self.gateway_port}"
+
+    @property
+    def gateway_admin_url(self) -> str:
+        return f"http://{self.ip}:{self.gateway_admin_port}"
+
+    @property
+    def egress_host(self) -> str:
+        """Where the gateway opens egress listeners (``<prefix>.<n>.2``)."""
+        return self.ip.rsplit(".", 1)[0] + ".2"
 
     @property
     def nameserver(self) -> str:
@@ -229,6 +256,8 @@ def plan_lab(
     agent_port: int = 8501,
     dns_port: int = 53,
     dns_admin_port: int = 8553,
+    gateway_port: int = 15443,
+    gateway_admin_port: int = 15000,
     lease_ttl: int = 5,
     zone: str = "atoll.test.",
     broker: str | None = None,
@@ -253,6 +282,8 @@ def plan_lab(
         ("agent", agent_port),
         ("dns", dns_port),
         ("dns admin", dns_admin_port),
+        ("gateway", gateway_port),
+        ("gateway admin", gateway_admin_port),
     ):
         if not 1 <= port <= 65535:
             raise InvalidError(f"{what} port {port} is not 1-65535", field=f"{what}_port")
@@ -276,6 +307,8 @@ def plan_lab(
                 agent_port=agent_port,
                 dns_port=dns_port,
                 dns_admin_port=dns_admin_port,
+                gateway_port=gateway_port,
+                gateway_admin_port=gateway_admin_port,
                 state_dir=state_dir / "clusters" / name,
                 services=_demo_services(ip),
                 kek_file=state_dir / "trust" / f"{name}.kek",

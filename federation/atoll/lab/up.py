@@ -17,7 +17,11 @@ Order matters and each step waits for the previous one to be *healthy*:
    demo workload;
 6. one DNS server per cluster, authenticated with the SVID its agent's
    Workload API gives it;
-7. convergence: every demo service is imported, with every cluster as a
+7. one demo workload server per cluster (on the ``demo/web`` instance
+   addresses) and one east-west gateway per cluster (SVID from the agent's
+   Workload API, endpoints from the registry, imports over sync; config file
+   ``<cluster state>/gateway.json`` terminates ``demo/web``);
+8. convergence: every demo service is imported, with every cluster as a
    healthy target, by the control plane *and* by every agent.
 
 Nothing runs with ``--insecure``: every sync stream is mTLS.
@@ -30,6 +34,7 @@ control plane, so no agent outlives what it reports to.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -46,11 +51,13 @@ from atoll.lab.manifest import (
     ComponentEntry,
     ControlPlaneEntry,
     DnsEntry,
+    GatewayEntry,
     Manifest,
     RegionEntry,
 )
 from atoll.lab.supervisor import Child, LabError, Supervisor
 from atoll.lab.topology import (
+    DEMO_GATEWAY_SERVICE,
     DEMO_NAMESPACE,
     FEDERATION_DOMAIN,
     LAB_WORKLOADS,
@@ -80,6 +87,8 @@ class Lab:
         self.registries: dict[str, Child] = {}
         self.agents: dict[str, Child] = {}
         self.dns: dict[str, Child] = {}
+        self.gateways: dict[str, Child] = {}
+        self.demos: dict[str, Child] = {}
         self.worker: Child | None = None
         self.started_at = datetime.now(UTC)
 
@@ -137,6 +146,7 @@ class Lab:
             "--registry-url", c.registry_url,
             "--listen", f"{c.ip}:{c.agent_port}",
             "--address", f"dns={c.dns_listen}",
+            "--address", f"gateway={c.gateway_listen}",
             "--federation-domain", FEDERATION_DOMAIN,
             "--join-token", join_token,
             "--federation-bundle", str(p.bundle_file),
@@ -160,6 +170,49 @@ class Lab:
             "--workload-socket", str(c.workload_socket("dns")),
             "--federation-domain", FEDERATION_DOMAIN,
         )  # fmt: skip
+
+    def gateway_config_file(self, c: ClusterPlan) -> Path:
+        return c.state_dir / "gateway.json"
+
+    def gateway_argv(self, c: ClusterPlan) -> list[str]:
+        return _py(
+            "gateway", "serve",
+            "--cluster", c.name,
+            "--control-plane", self.plan.sync_target,
+            "--state-dir", str(c.state_dir / "gateway"),
+            "--config", str(self.gateway_config_file(c)),
+            "--listen", c.gateway_listen,
+            "--admin", f"{c.ip}:{c.gateway_admin_port}",
+            "--zone", self.plan.zone,
+            "--egress-host", c.egress_host,
+            "--registry-url", c.registry_url,
+            "--workload-socket", str(c.workload_socket("gateway")),
+            "--federation-domain", FEDERATION_DOMAIN,
+        )  # fmt: skip
+
+    def demo_argv(self, c: ClusterPlan) -> list[str]:
+        svc = next(s for s in c.services if s.name == DEMO_GATEWAY_SERVICE)
+        listen = [f"--listen={i.address}:{i.port}" for i in svc.instances]
+        return _py(
+            "gateway", "demo-server",
+            "--cluster", c.name,
+            "--service", f"{DEMO_NAMESPACE}/{svc.name}",
+            *listen,
+        )  # fmt: skip
+
+    def write_gateway_config(self, c: ClusterPlan) -> None:
+        """The lab's gateway policy: demo/web terminated with PROXY v2; the rest passthrough."""
+        doc = {
+            "services": {
+                f"{DEMO_NAMESPACE}/{DEMO_GATEWAY_SERVICE}": {
+                    "mode": "terminate",
+                    "proxy_protocol": True,
+                }
+            }
+        }
+        path = self.gateway_config_file(c)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self, *, within: float = 60.0) -> Manifest:
@@ -245,8 +298,24 @@ class Lab:
                     health_url=f"{c.dns_admin_url}/healthz",
                 )
             for c in p.clusters:
+                self.progress(f"starting the demo server and gateway of {c.name}")
+                self.demos[c.name] = await sup.start(
+                    f"demo-{c.name}",
+                    self.demo_argv(c),
+                    log_path=p.state_dir / "logs" / f"demo-{c.name}.log",
+                    health_url=None,
+                )
+                self.write_gateway_config(c)
+                self.gateways[c.name] = await sup.start(
+                    f"gateway-{c.name}",
+                    self.gateway_argv(c),
+                    log_path=p.state_dir / "logs" / f"gateway-{c.name}.log",
+                    health_url=f"{c.gateway_admin_url}/readyz",
+                )
+            for c in p.clusters:
                 await sup.wait_healthy(self.agents[c.name])
                 await sup.wait_healthy(self.dns[c.name])
+                await sup.wait_healthy(self.gateways[c.name])
             await self._converge(http, within)
 
     async def _converge(self, http: httpx.AsyncClient, within: float) -> None:
@@ -382,6 +451,18 @@ class Lab:
                         listen=c.dns_listen,
                         zone=p.zone,
                     ),
+                    gateway=GatewayEntry(
+                        url=c.gateway_admin_url,
+                        pid=self.gateways[c.name].pid,
+                        argv=list(self.gateways[c.name].argv),
+                        log=self.gateways[c.name].log_path,
+                        listen=c.gateway_listen,
+                        egress_host=c.egress_host,
+                        config_file=self.gateway_config_file(c),
+                    )
+                    if c.name in self.gateways
+                    else None,
+                    demo=entry(self.demos[c.name], "") if c.name in self.demos else None,
                     services=[f"{DEMO_NAMESPACE}/{s.name}" for s in c.services],
                     trust_domain=f"{c.name}.{FEDERATION_DOMAIN}",
                     workload_sockets={w: c.workload_socket(w) for w in LAB_WORKLOADS},

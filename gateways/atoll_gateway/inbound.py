@@ -1,0 +1,280 @@
+"""The inbound TLS port: peek the ClientHello, route by SNI, pass through or terminate.
+
+Per connection (:func:`handle_inbound`):
+
+1. **Peek** the ClientHello (:mod:`atoll_gateway.peek`) within
+   ``hello_timeout``; bad bytes, truncation, oversize and slow senders end
+   here with a typed :class:`~atoll_gateway.errors.ClientHelloError`.
+2. **Route**: the SNI (:mod:`atoll_gateway.naming`) names a local exported
+   service and port in the current :class:`~atoll_gateway.routes.RouteTable`;
+   unknown names get a TLS ``unrecognized_name`` alert.
+3. **Passthrough** (the service's mode, unless the client is a peer gateway):
+   connect to a healthy local endpoint (balancer, outlier ejection, connect
+   timeout, retries) and relay the untouched TLS stream — the ClientHello is
+   still in the socket, so the endpoint's own certificate reaches the client
+   and workload mTLS stays end to end.
+4. **Terminate** (mode ``terminate``, or ALPN :data:`~atoll_gateway.identity.TUNNEL_ALPN`
+   from a peer gateway's egress): TLS handshake with the gateway's *current*
+   SVID, requiring a client certificate; the peer is verified against its own
+   trust domain's bundle (:func:`atoll_trust.tls.verify_peer`) and then the
+   service's allow policy (:func:`atoll_gateway.policy.authorize`). Then a
+   connection to the endpoint — plain, or mTLS with the gateway's SVID when
+   ``upstream_tls`` — optionally prefixed with a PROXY v2 header carrying the
+   verified peer ID (:mod:`atoll_gateway.proxyproto`).
+
+Every path ends in one access-log line and the counters of
+:mod:`atoll_gateway.metrics`; nothing raised by one connection escapes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+
+from atoll.trusthub.naming import cluster_of_domain
+from atoll_gateway import metrics
+from atoll_gateway.accesslog import AccessRecord
+from atoll_gateway.balancer import Endpoint
+from atoll_gateway.clienthello import ClientHello, tls_alert
+from atoll_gateway.errors import ClientHelloError, RouteError, UpstreamError
+from atoll_gateway.identity import TUNNEL_ALPN
+from atoll_gateway.naming import parse_server_name
+from atoll_gateway.peek import peek_client_hello
+from atoll_gateway.policy import authorize
+from atoll_gateway.proxyproto import TLV_AUTHORITY, TLV_SPIFFE_ID, encode_v2
+from atoll_gateway.relay import Half, SpliceRelay, StreamRelay
+from atoll_gateway.routes import InboundService
+from atoll_gateway.runtime import Runtime
+from atoll_gateway.upstream import connect_first, connect_socket
+from atoll_trust.errors import SvidVerificationError
+from atoll_trust.tls import verify_peer
+
+__all__ = ["Conn", "handle_inbound", "relay_sockets"]
+
+log = logging.getLogger("atoll.gateway.inbound")
+LISTENER = "inbound"
+
+
+@dataclass(slots=True)
+class Conn:
+    """An accepted socket and whether an asyncio transport has taken it over.
+
+    Once a transport owns the socket only the transport may close it (it may
+    still have a writer registered on the fd); the handler closes it otherwise.
+    """
+
+    sock: socket.socket
+    handed_over: bool = False
+
+    def close(self) -> None:
+        """Close; unread bytes are read first, so the close is a FIN rather than a reset
+        (a reset can overtake an alert we just sent)."""
+        if self.handed_over or self.sock.fileno() < 0:
+            return
+        with contextlib.suppress(OSError):
+            for _ in range(16):
+                if not self.sock.recv(65536):
+                    break
+        self.sock.close()
+
+
+def _send(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        sock.send(data)
+
+
+async def relay_sockets(
+    rt: Runtime, rec: AccessRecord, conn: Conn, upstream: socket.socket
+) -> None:
+    """Relay two connected sockets (splice, or Protocols) and account for it."""
+    labels = (rec.listener, rec.source_cluster, rec.destination_cluster)
+    metrics.ACTIVE.labels(*labels).inc()
+    try:
+        if rt.splice:
+            up, down = await SpliceRelay(conn.sock, upstream).run()
+        else:
+            loop = asyncio.get_running_loop()
+            conn.handed_over = True
+            _, c = await loop.connect_accepted_socket(Half, conn.sock)
+            _, u = await loop.connect_accepted_socket(Half, upstream)
+            up, down = await StreamRelay(c, u).run()
+    finally:
+        metrics.ACTIVE.labels(*labels).dec()
+    _count(rec, up, down)
+
+
+def _count(rec: AccessRecord, up: int, down: int) -> None:
+    rec.bytes_to_upstream, rec.bytes_to_client = up, down
+    labels = (rec.listener, rec.source_cluster, rec.destination_cluster)
+    metrics.BYTES.labels(*labels, "to_upstream").inc(up)
+    metrics.BYTES.labels(*labels, "to_client").inc(down)
+
+
+async def relay_halves(rec: AccessRecord, client: Half, upstream: Half) -> None:
+    labels = (rec.listener, rec.source_cluster, rec.destination_cluster)
+    metrics.ACTIVE.labels(*labels).inc()
+    try:
+        up, down = await StreamRelay(client, upstream).run()
+    finally:
+        metrics.ACTIVE.labels(*labels).dec()
+    _count(rec, up, down)
+
+
+async def _passthrough(
+    rt: Runtime, rec: AccessRecord, conn: Conn, svc: InboundService, port: int
+) -> None:
+    rec.mode = "passthrough"
+    timeout = rt.config.connect_timeout
+    ep, upstream = await connect_first(
+        rt.balancer,
+        svc.key,
+        svc.endpoints.get(port, ()),
+        attempts=rt.config.connect_attempts,
+        listener=LISTENER,
+        destination=rt.table.cluster,
+        connect=lambda e: connect_socket(e, timeout),
+    )
+    rec.upstream = str(ep)
+    metrics.CONNECTIONS.labels(
+        LISTENER, rec.source_cluster, rec.destination_cluster, "passthrough"
+    ).inc()
+    await relay_sockets(rt, rec, conn, upstream)
+
+
+async def _open_endpoint(rt: Runtime, ep: Endpoint, svc: InboundService, header: bytes) -> Half:
+    loop = asyncio.get_running_loop()
+    ctx: ssl.SSLContext | None = None
+    own = rt.identity.spiffe_id.trust_domain
+    if svc.route.upstream_tls:
+        ctx = rt.identity.client_context(own)
+    async with asyncio.timeout(rt.config.connect_timeout):
+        transport, half = await loop.create_connection(
+            Half, ep.host, ep.port, ssl=ctx, server_hostname=ep.host if ctx else None
+        )
+    try:
+        if ctx is not None:
+            verify_peer(
+                transport.get_extra_info("ssl_object"),
+                rt.identity.bundles,
+                now=rt.clock(),
+                authorize=lambda peer: peer.trust_domain == own,
+            )
+        if header:
+            transport.write(header)
+    except BaseException:
+        transport.close()
+        raise
+    return half
+
+
+async def _terminate(
+    rt: Runtime,
+    rec: AccessRecord,
+    conn: Conn,
+    svc: InboundService,
+    port: int,
+    hello: ClientHello,
+) -> None:
+    rec.mode = "terminate"
+    loop = asyncio.get_running_loop()
+    try:
+        server_ctx = rt.identity.server_context()
+    except SvidVerificationError as exc:
+        raise ClientHelloError("no_identity", str(exc)) from exc
+    conn.handed_over = True
+    try:
+        transport, client = await loop.connect_accepted_socket(
+            Half, conn.sock, ssl=server_ctx, ssl_handshake_timeout=rt.config.handshake_timeout
+        )
+    except ConnectionAbortedError as exc:
+        raise ClientHelloError("tls_timeout", f"TLS handshake: {exc}") from exc
+    except (ssl.SSLError, OSError, TimeoutError) as exc:
+        raise ClientHelloError("tls_error", f"TLS handshake: {exc}") from exc
+    try:
+        try:
+            verified = verify_peer(
+                transport.get_extra_info("ssl_object"), rt.identity.bundles, now=rt.clock()
+            )
+        except SvidVerificationError as exc:
+            raise ClientHelloError("unauthenticated", str(exc)) from exc
+        peer = verified.spiffe_id
+        rec.source_id = str(peer)
+        rec.source_cluster = (
+            cluster_of_domain(rt.federation, peer.trust_domain) or peer.trust_domain.name
+        )
+        verdict = authorize(svc.allow, peer)
+        if not verdict.allowed:
+            raise ClientHelloError("forbidden", verdict.reason)
+        header = b""
+        if svc.route.proxy_protocol:
+            peername = transport.get_extra_info("peername")
+            sockname = transport.get_extra_info("sockname")
+            tlvs = {TLV_SPIFFE_ID: str(peer).encode()}
+            if hello.server_name:
+                tlvs[TLV_AUTHORITY] = hello.server_name.encode()
+            header = encode_v2(peername[:2], sockname[:2], tlvs)
+        ep, upstream = await connect_first(
+            rt.balancer,
+            svc.key,
+            svc.endpoints.get(port, ()),
+            attempts=rt.config.connect_attempts,
+            listener=LISTENER,
+            destination=rt.table.cluster,
+            connect=lambda e: _open_endpoint(rt, e, svc, header),
+        )
+        rec.upstream = str(ep)
+        metrics.CONNECTIONS.labels(
+            LISTENER, rec.source_cluster, rec.destination_cluster, "terminate"
+        ).inc()
+        await relay_halves(rec, client, upstream)
+    finally:
+        client.close()
+
+
+async def handle_inbound(rt: Runtime, sock: socket.socket, client: str) -> None:
+    """Serve one connection on the TLS port (see the module docstring)."""
+    rec = AccessRecord(listener=LISTENER, client=client)
+    rec.destination_cluster = rt.table.cluster
+    conn = Conn(sock)
+    hello: ClientHello | None = None
+    try:
+        try:
+            async with asyncio.timeout(rt.config.hello_timeout):
+                hello = await peek_client_hello(sock, max_size=rt.config.max_client_hello)
+        except TimeoutError:
+            raise ClientHelloError(
+                "timeout", f"no complete ClientHello within {rt.config.hello_timeout}s"
+            ) from None
+        rec.sni = hello.server_name
+        table = rt.table
+        svc, port = table.inbound_route(parse_server_name(hello.server_name, table.zone))
+        rec.service = f"{svc.key}:{port.port}"
+        if svc.route.mode == "passthrough" and TUNNEL_ALPN not in hello.alpn:
+            await _passthrough(rt, rec, conn, svc, port.port)
+        else:
+            await _terminate(rt, rec, conn, svc, port.port, hello)
+    except ClientHelloError as exc:
+        metrics.HANDSHAKE_FAILURES.labels(LISTENER, exc.reason).inc()
+        rec.fail(exc.reason, str(exc))
+    except RouteError as exc:
+        metrics.ROUTE_FAILURES.labels(exc.reason).inc()
+        rec.fail(exc.reason, str(exc))
+        if not conn.handed_over:
+            _send(sock, tls_alert("unrecognized_name"))
+    except UpstreamError as exc:
+        rec.fail(exc.reason, str(exc))
+        if not conn.handed_over:
+            _send(sock, tls_alert("internal_error"))
+    except asyncio.CancelledError:
+        rec.fail("cancelled", "drain deadline or shutdown")
+        raise
+    except Exception as exc:  # the one catch-all of a connection: log it, never crash
+        log.exception("connection failed", extra={"client": client})
+        rec.fail("internal", f"{type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+        rec.emit()

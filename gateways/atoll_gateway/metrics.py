@@ -1,0 +1,72 @@
+"""Prometheus metrics of the gateway (served on the admin port at ``/metrics``).
+
+Labels: ``listener`` is ``inbound`` (the TLS port) or ``egress`` (local plain
+listeners); ``source_cluster`` is the cluster of the verified peer
+(``unknown`` in passthrough, where the gateway sees no identity; the gateway's
+own cluster for egress); ``destination_cluster`` is the cluster whose
+endpoints serve the connection. Reasons are the typed errors' ``reason``
+labels (:mod:`atoll_gateway.errors`) plus TLS outcomes (``tls_error``,
+``tls_timeout``, ``unauthenticated``, ``forbidden``).
+
+Bytes are counted when a connection ends (a relay does not touch Python per
+chunk when it splices).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "ACTIVE",
+    "BYTES",
+    "CONFIG_RELOADS",
+    "CONNECTIONS",
+    "EJECTIONS",
+    "HANDSHAKE_FAILURES",
+    "REFUSED",
+    "ROUTE_FAILURES",
+    "UPSTREAM_CONNECT_SECONDS",
+    "UPSTREAM_FAILURES",
+]
+
+_PAIR = ("listener", "source_cluster", "destination_cluster")
+
+CONNECTIONS = Counter(
+    "atoll_gateway_connections_total",
+    "Connections relayed to an endpoint or remote gateway, by mode",
+    [*_PAIR, "mode"],
+)
+ACTIVE = Gauge("atoll_gateway_active_connections", "Connections being relayed now", _PAIR)
+BYTES = Counter(
+    "atoll_gateway_bytes_total",
+    "Bytes relayed (direction: to_upstream | to_client), counted at connection end",
+    [*_PAIR, "direction"],
+)
+HANDSHAKE_FAILURES = Counter(
+    "atoll_gateway_handshake_failures_total",
+    "Connections refused before relaying: bad ClientHello, TLS failure, peer not allowed",
+    ["listener", "reason"],
+)
+ROUTE_FAILURES = Counter(
+    "atoll_gateway_route_failures_total", "Server names that route nowhere", ["reason"]
+)
+UPSTREAM_FAILURES = Counter(
+    "atoll_gateway_upstream_failures_total",
+    "Failed connection attempts to endpoints or remote gateways",
+    ["listener", "destination_cluster", "reason"],
+)
+REFUSED = Counter(
+    "atoll_gateway_refused_total", "Connections refused on arrival", ["listener", "reason"]
+)
+EJECTIONS = Counter(
+    "atoll_gateway_ejections_total", "Endpoints ejected after consecutive connect failures"
+)
+CONFIG_RELOADS = Counter(
+    "atoll_gateway_config_reloads_total", "Configuration file reloads", ["result"]
+)
+UPSTREAM_CONNECT_SECONDS = Histogram(
+    "atoll_gateway_upstream_connect_seconds",
+    "Time to connect (and handshake, for TLS) to an endpoint or remote gateway",
+    ["listener"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)

@@ -1,0 +1,99 @@
+"""Connecting to endpoints and remote gateways: timeouts, retries, outlier bookkeeping.
+
+:func:`connect_first` tries endpoints in the balancer's order (at most
+``connect_attempts`` of them) with a connect timeout each; every failure is
+counted and fed to outlier ejection, every success resets it. Before the
+first byte has been relayed, trying the next endpoint is safe: the client has
+seen nothing yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from atoll_gateway import metrics
+from atoll_gateway.balancer import Balancer, Endpoint
+from atoll_gateway.errors import UpstreamError
+from atoll_trust.errors import SvidVerificationError
+
+__all__ = ["CONNECT_ERRORS", "connect_first", "connect_socket"]
+
+T = TypeVar("T")
+CONNECT_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    ssl.SSLError,
+    SvidVerificationError,
+)
+
+
+async def connect_socket(endpoint: Endpoint, limit: float) -> socket.socket:
+    """A connected non-blocking TCP socket (for the splice relay)."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        async with asyncio.timeout(limit):
+            await loop.sock_connect(sock, (endpoint.host, endpoint.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, ssl.SSLError):
+        return "tls_error"
+    if isinstance(exc, SvidVerificationError):
+        return "unauthenticated"
+    return "error"
+
+
+async def connect_first(
+    balancer: Balancer,
+    key: str,
+    endpoints: tuple[Endpoint, ...] | list[Endpoint],
+    *,
+    attempts: int,
+    listener: str,
+    destination: str,
+    connect: Callable[[Endpoint], Awaitable[T]],
+) -> tuple[Endpoint, T]:
+    order = balancer.order(key, endpoints)[:attempts]
+    if not order:
+        raise UpstreamError("no_endpoint", f"{key} has no healthy endpoint in {destination}")
+    last: BaseException | None = None
+    for ep in order:
+        started = time.perf_counter()
+        try:
+            result = await connect(ep)
+        except CONNECT_ERRORS as exc:
+            last = exc
+            metrics.UPSTREAM_FAILURES.labels(listener, destination, _reason(exc)).inc()
+            if balancer.failure(ep):
+                metrics.EJECTIONS.inc()
+            continue
+        metrics.UPSTREAM_CONNECT_SECONDS.labels(listener).observe(time.perf_counter() - started)
+        balancer.success(ep)
+        return ep, result
+    raise UpstreamError(
+        "connect_failed",
+        f"{key}: {len(order)} endpoint(s) failed; last: {type(last).__name__}: {last}",
+    )
+
+
+def close_quietly(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()

@@ -1,0 +1,110 @@
+"""East-west gateways in the whole lab, as real processes (issue 5's lab test).
+
+A client in cluster A (eu-west-1) calls ``demo/web`` on A's egress listener in
+plain HTTP; a TrafficPolicy sends ``demo/web`` to cluster B (us-east-1) only, so
+A's gateway originates mTLS with A's SVID to B's gateway, which terminates it,
+authorizes A's ID and forwards to B's demo server with a PROXY v2 header: the
+service in B answers with A's SPIFFE ID.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.polling import wait_for
+
+pytestmark = pytest.mark.e2e
+
+LOOPBACK = "127.91"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    state = tmp_path_factory.mktemp("gateway-lab")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "atoll", "--state-dir", str(state), "up",
+            "--loopback", LOOPBACK, "--lease-ttl", "3", "--output", "json", "--wait", "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    manifest_path = state / "lab" / "manifest.json"
+    try:
+        wait_for("the lab manifest", lambda: manifest_path.exists() or proc.poll() is not None, 90)
+        if proc.poll() is not None:
+            raise AssertionError(f"atoll up exited early: {proc.stderr.read().decode()[-3000:]}")  # type: ignore[union-attr]
+        yield json.loads(manifest_path.read_text())
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_every_cluster_runs_a_connected_gateway(lab: dict[str, Any]) -> None:
+    api = lab["control_plane"]["api"]
+    nodes = {n["id"]: n for n in httpx.get(api + "/v1/nodes", timeout=5).json()}
+    for c in lab["clusters"]:
+        gw = c["gateway"]
+        assert gw["listen"] == f"{c['address']}:15443"
+        assert not any("--insecure" in a for a in gw["argv"])
+        status = httpx.get(gw["url"] + "/v1/status", timeout=5).json()
+        assert status["spiffe_id"] == f"spiffe://{c['name']}.atoll.lab/atoll/gateway"
+        assert nodes[f"gateway/{c['name']}"]["connected"]
+        cluster = httpx.get(f"{api}/v1/clusters/{c['name']}", timeout=5).json()
+        assert cluster["cluster"]["spec"]["addresses"]["gateway"] == gw["listen"]
+
+
+def test_client_in_a_reaches_b_through_both_gateways_and_b_sees_a(lab: dict[str, Any]) -> None:
+    a, b = lab["clusters"][0], lab["clusters"][1]
+    api = lab["control_plane"]["api"]
+    policy = {
+        "kind": "TrafficPolicy",
+        "metadata": {"name": "web", "namespace": "demo"},
+        "spec": {"strategy": "failover", "priorities": [[b["name"]]]},
+    }
+    r = httpx.put(api + "/v1/policies/demo/web", json=policy, timeout=5)
+    assert r.status_code in (200, 201), r.text
+
+    def routed_to_b() -> bool:
+        st = httpx.get(a["gateway"]["url"] + "/v1/status", timeout=5).json()
+        web = next((e for e in st["egress"] if e["service"] == "demo/web"), None)
+        return web is not None and web["decisions"] == [[b["name"]]]
+
+    wait_for("A's egress follows the failover policy to B", routed_to_b, timeout=30)
+    egress = f"http://{a['gateway']['egress_host']}:8080/"
+    doc = httpx.get(egress, timeout=10).json()
+    assert doc["cluster"] == b["name"]
+    assert doc["peer_spiffe_id"] == f"spiffe://{a['name']}.atoll.lab/atoll/gateway"
+    assert doc["sni"] == f"8080.web.demo.svc.{b['name']}.atoll.test"
+    assert doc["instance"].startswith(f"{LOOPBACK}.2.")
+
+    def counted(url: str, needle: str) -> bool:
+        return needle in httpx.get(url + "/metrics", timeout=5).text
+
+    assert counted(
+        a["gateway"]["url"],
+        f'atoll_gateway_connections_total{{destination_cluster="{b["name"]}",listener="egress",'
+        f'mode="egress",source_cluster="{a["name"]}"}}',
+    )
+    wait_for(
+        "B's gateway counted the terminated connection from A",
+        partial(
+            counted,
+            b["gateway"]["url"],
+            f'atoll_gateway_connections_total{{destination_cluster="{b["name"]}",'
+            f'listener="inbound",mode="terminate",source_cluster="{a["name"]}"}}',
+        ),
+    )
