@@ -208,9 +208,8 @@ class Agent:
         if types is None or Cluster.KIND in types:
             self.prober.set_targets(
                 {
-                    name: c.spec.addresses["dns"]
+                    name: decode(Cluster, item.body).spec.addresses
                     for name, item in state.items(Cluster.KIND).items()
-                    if "dns" in (c := decode(Cluster, item.body)).spec.addresses
                 }
             )
 

@@ -1,6 +1,8 @@
 """Combine vantage points' probe reports into one verdict per cluster (pure).
 
-A cluster is *failed by probes* only when a strict majority of the live
+Each vantage point casts one vote per cluster: up only if every component it
+probes there (DNS server, east-west gateway) answered. A cluster is *failed
+by probes* only when a strict majority of the live
 vantage points that probe it — and at least ``min_voters`` of them — report
 it down. One vantage point alone never decides: if its own network is
 partitioned it would see every other cluster down, and failing them all
@@ -42,9 +44,13 @@ def probe_verdicts(
         vantage = r.spec.vantage
         if vantage not in alive:
             continue
+        # one vote per vantage point and target: up only if every probed path is up
+        seen: dict[str, bool] = {}
         for res in r.spec.results:
             if res.target != vantage:
-                votes.setdefault(res.target, []).append(res.up)
+                seen[res.target] = seen.get(res.target, True) and res.up
+        for target, up in seen.items():
+            votes.setdefault(target, []).append(up)
     out: dict[str, ProbeVerdict] = {}
     for target, vs in votes.items():
         down = sum(1 for up in vs if not up)
