@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from atoll.drill.runner import DrillRunner
-from atoll.drill.testing import FakeClock, FakeDisruptor, FakeFederation, FakeResolver
+from atoll.drill.testing import (
+    FakeClock,
+    FakeDisruptor,
+    FakeFederation,
+    FakeResolver,
+    FakeRouteProbe,
+)
 from atoll.model import Drill, DrillSpec, Metadata
 from atoll.model.drill import StepName
 
@@ -22,6 +28,7 @@ def setup(**delays: float) -> tuple[FakeFederation, FakeDisruptor, DrillRunner]:
         now=clock.now,
         monotonic=clock.monotonic,
         sleep=clock.sleep,
+        routes=FakeRouteProbe(dis),
     )
     return fed, dis, runner
 
@@ -42,8 +49,11 @@ async def test_failover_succeeds_and_measures_every_server() -> None:
     st = done.status
     assert st.phase == "succeeded", st.error
     assert [s.state for s in st.steps] == ["done"] * 7
-    fo = {m.server: m.seconds for m in st.measurements if m.phase == "failover"}
+    fo = {m.server: m.seconds for m in st.measurements if m.phase == "failover" and m.path == "dns"}
     assert set(fo) == {"a", "b", "c"}
+    gw = [m for m in st.measurements if m.path == "gateway"]
+    assert {m.server for m in gw} == {"a", "b", "c"} and all(m.within_bound for m in gw)
+    assert all(m.seconds is not None and 0.1 <= m.seconds < 0.2 for m in gw)
     assert fo["a"] is not None and fo["c"] is not None
     assert 0.1 <= fo["a"] < 0.2 and 0.45 <= fo["c"] < 0.55, fo
     assert st.restore_states == {"a": "active"}

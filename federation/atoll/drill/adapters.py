@@ -21,7 +21,7 @@ from atoll.errors import ConflictError, NotFoundError, RetryableError, UserError
 from atoll.model import Cluster, Drill, DrillStatus, ServiceImport
 from atoll.model.cluster import AdminState
 
-__all__ = ["AdminStateDisruptor", "ApiDrillClient", "DnsResolver"]
+__all__ = ["AdminStateDisruptor", "ApiDrillClient", "DnsResolver", "GatewayRouteProbe"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -104,6 +104,26 @@ class DnsResolver:
         return frozenset(
             rr.address for rrset in resp.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset
         )
+
+
+class GatewayRouteProbe:
+    """Reads a gateway's egress decisions from its admin API (``/v1/status``)."""
+
+    def __init__(self, *, timeout: float = 1.0) -> None:
+        self.timeout = timeout
+
+    async def routes(self, admin_url: str) -> dict[str, frozenset[str]] | None:
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as http:
+                doc = (await http.get(admin_url.rstrip("/") + "/v1/status")).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        out: dict[str, set[str]] = {}
+        for egress in doc.get("egress", []):
+            picked = out.setdefault(str(egress["service"]), set())
+            for decision in egress.get("decisions", []):
+                picked.update(str(c) for c in decision)
+        return {svc: frozenset(cs) for svc, cs in out.items()}
 
 
 class AdminStateDisruptor:

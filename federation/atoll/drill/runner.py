@@ -42,12 +42,14 @@ __all__ = [
     "DrillApi",
     "DrillRunner",
     "Resolver",
+    "RouteProbe",
     "StepFailedError",
     "TakenOverError",
 ]
 
 log = logging.getLogger("atoll.drill")
 
+Path = Literal["dns", "gateway"]
 HEARTBEAT_INTERVAL = 2.0
 POLL_INTERVAL = 0.05
 #: restore may need processes to restart and re-register: give it this long at least
@@ -84,6 +86,12 @@ class Resolver(Protocol):
         ...
 
 
+class RouteProbe(Protocol):
+    async def routes(self, admin_url: str) -> dict[str, frozenset[str]] | None:
+        """Clusters a gateway's egress may pick, per service; None when unreachable."""
+        ...
+
+
 class Disruptor(Protocol):
     kind: str
 
@@ -113,9 +121,11 @@ class DrillRunner:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         heartbeat_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        routes: RouteProbe | None = None,
     ) -> None:
         self.api = api
         self.resolver = resolver
+        self.route_probe = routes
         self.disruptor = disruptor
         self.worker_id = worker_id
         self.now = now
@@ -260,6 +270,16 @@ class DrillRunner:
             if "dns" in c.spec.addresses
         }
 
+    async def _gateways(self) -> dict[str, str]:
+        """cluster -> gateway admin URL of every cluster that declares one."""
+        if self.route_probe is None:
+            return {}
+        return {
+            c.metadata.name: c.spec.addresses["gateway-admin"]
+            for c in await self.api.clusters()
+            if "gateway-admin" in c.spec.addresses
+        }
+
     async def _answers(self, servers: Mapping[str, str]) -> dict[str, dict[str, list[str]]]:
         async def one(server: str, qname: str) -> tuple[str, str, list[str] | None]:
             got = await self.resolver.addresses(servers[server], qname)
@@ -296,47 +316,87 @@ class DrillRunner:
     async def _measure(
         self,
         phase: Literal["failover", "restore"],
-        done: Callable[[str, dict[str, list[str]]], bool],
+        checks: Mapping[tuple[Path, str], Callable[[], Awaitable[bool]]],
         deadline: float,
         start: float,
-        servers: Mapping[str, str],
     ) -> list[Measurement]:
+        """Poll every check together until each has passed once (or the deadline);
+        the time of a check's first pass, from ``start``, is its measurement."""
         bound = self.drill.status.bound_seconds or deadline
-        seen: dict[str, float] = {}
+        seen: dict[tuple[Path, str], float] = {}
         while True:
             elapsed = self.monotonic() - start
-            answers = await self._answers({s: a for s, a in servers.items() if s not in seen})
-            for server in servers:
-                if server not in seen and server in answers and done(server, answers[server]):
-                    seen[server] = self.monotonic() - start
-            if len(seen) == len(servers) or elapsed > deadline:
+            pending = [k for k in checks if k not in seen]
+            passed = await asyncio.gather(*(checks[k]() for k in pending))
+            for key, ok in zip(pending, passed, strict=True):
+                if ok:
+                    seen[key] = self.monotonic() - start
+            if len(seen) == len(checks) or elapsed > deadline:
                 break
             await self.sleep(POLL_INTERVAL)
         return [
             Measurement(
-                server=s,
+                server=server,
+                path=path,
                 phase=phase,
-                seconds=round(seen[s], 3) if s in seen else None,
-                within_bound=s in seen and seen[s] <= bound,
+                seconds=round(seen[(path, server)], 3) if (path, server) in seen else None,
+                within_bound=(path, server) in seen and seen[(path, server)] <= bound,
             )
-            for s in sorted(servers)
+            for path, server in sorted(checks)
         ]
+
+    def _dns_check(
+        self, address: str, done: Callable[[dict[str, list[str]]], bool]
+    ) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            answers: dict[str, list[str]] = {}
+            for qname in self._qnames():
+                got = await self.resolver.addresses(address, qname)
+                if got is None:
+                    return False
+                answers[qname] = sorted(got)
+            return done(answers)
+
+        return check
+
+    def _gateway_check(self, admin_url: str) -> Callable[[], Awaitable[bool]]:
+        leaving = set(self.drill.spec.clusters)
+        services = {r.service for r in self.drill.status.plan}
+        probe = self.route_probe
+
+        async def check() -> bool:
+            assert probe is not None
+            routes = await probe.routes(admin_url)
+            return routes is not None and not any(
+                routes.get(svc, frozenset()) & leaving for svc in services
+            )
+
+        return check
 
     async def _verify_failover(self) -> str:
         leaving = set(self.drill.status.leaving_addresses)
         down = self.disruptor.servers_down(self.drill.spec.clusters)
-        servers = {c: a for c, a in (await self._servers()).items() if c not in down}
         step = self.drill.status.step("disrupt")
         start = self._elapsed_since(step.finished_at)
         bound = self.drill.status.bound_seconds or 10.0
 
-        def clean(_server: str, answers: dict[str, list[str]]) -> bool:
+        def clean(answers: dict[str, list[str]]) -> bool:
             return all(not (set(a) & leaving) for a in answers.values())
 
+        checks: dict[tuple[Path, str], Callable[[], Awaitable[bool]]] = {
+            ("dns", c): self._dns_check(a, clean)
+            for c, a in (await self._servers()).items()
+            if c not in down
+        }
+        checks.update(
+            (("gateway", c), self._gateway_check(u))
+            for c, u in (await self._gateways()).items()
+            if c not in down
+        )
         if self.monotonic() - start > bound:
             # resumed after a worker was lost and the bound had already passed: the
             # timing was not watched, so only the outcome can be verified
-            ms = await self._measure("failover", clean, bound, self.monotonic(), servers)
+            ms = await self._measure("failover", checks, bound, self.monotonic())
             ms = [
                 m.model_copy(
                     update={
@@ -348,16 +408,21 @@ class DrillRunner:
                 for m in ms
             ]
         else:
-            ms = await self._measure("failover", clean, bound, start, servers)
+            ms = await self._measure("failover", checks, bound, start)
         await self._save(lambda st: st.model_copy(update={"measurements": [*st.measurements, *ms]}))
-        late = [m.server for m in ms if not m.within_bound]
+        late = [f"{m.path} {m.server}" for m in ms if not m.within_bound]
         if late:
             raise StepFailedError(
-                f"DNS server(s) {', '.join(late)} still answered with the drilled clusters "
-                f"after the {bound:.2f}s bound"
+                f"{', '.join(late)} still pointed at the drilled clusters "
+                f"after the {bound:.2f}s bound (DNS answers or gateway routes)"
             )
         worst = max((m.seconds or 0.0) for m in ms) if ms else 0.0
-        return f"{len(ms)} DNS server(s) failed over; slowest {worst:.3f}s (bound {bound:.2f}s)"
+        dns_n = sum(1 for m in ms if m.path == "dns")
+        gw_n = len(ms) - dns_n
+        return (
+            f"{dns_n} DNS server(s) and {gw_n} gateway(s) failed over; "
+            f"slowest {worst:.3f}s (bound {bound:.2f}s)"
+        )
 
     def _elapsed_since(self, when: datetime | None) -> float:
         """A monotonic start time equivalent to wall-clock ``when`` (resume-safe)."""
@@ -388,10 +453,16 @@ class DrillRunner:
         start = self._elapsed_since(self.drill.status.step("restore").finished_at)
         deadline = max(RESTORE_FLOOR, 3 * (self.drill.status.bound_seconds or 0.0))
 
-        def back(server: str, answers: dict[str, list[str]]) -> bool:
-            return all(set(answers.get(q, ())) == set(a) for q, a in baseline[server].items())
+        def back(server: str) -> Callable[[dict[str, list[str]]], bool]:
+            def done(answers: dict[str, list[str]]) -> bool:
+                return all(set(answers.get(q, ())) == set(a) for q, a in baseline[server].items())
 
-        ms = await self._measure("restore", back, deadline, start, servers)
+            return done
+
+        checks: dict[tuple[Path, str], Callable[[], Awaitable[bool]]] = {
+            ("dns", c): self._dns_check(a, back(c)) for c, a in servers.items()
+        }
+        ms = await self._measure("restore", checks, deadline, start)
         ms = [m.model_copy(update={"within_bound": m.seconds is not None}) for m in ms]
         await self._save(lambda st: st.model_copy(update={"measurements": [*st.measurements, *ms]}))
         missing = [m.server for m in ms if m.seconds is None]
@@ -431,6 +502,12 @@ class DrillRunner:
         ]
         for m in fo:
             took = f"{m.seconds:.3f}s" if m.seconds is not None else "not observed"
+            if m.path == "gateway":
+                lines.append(
+                    f"  gateway {m.server}: egress moved in {took}"
+                    + ("" if m.within_bound else " (LATE)")
+                )
+                continue
             lines.append(
                 f"  DNS {m.server}: failed over in {took}" + ("" if m.within_bound else " (LATE)")
             )

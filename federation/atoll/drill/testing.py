@@ -28,7 +28,7 @@ from atoll.model import (
 )
 from atoll.model.cluster import AdminState
 
-__all__ = ["FakeClock", "FakeDisruptor", "FakeFederation", "FakeResolver"]
+__all__ = ["FakeClock", "FakeDisruptor", "FakeFederation", "FakeResolver", "FakeRouteProbe"]
 
 
 @dataclass
@@ -98,7 +98,7 @@ class FakeFederation:
                 spec=ClusterSpec(
                     region=f"r-{c}",
                     admin_state=self.admin.get(c, "active"),
-                    addresses={"dns": f"dns-{c}:53"},
+                    addresses={"dns": f"dns-{c}:53", "gateway-admin": f"http://gw-{c}"},
                 ),
             )
             for c in self.names
@@ -181,3 +181,24 @@ class FakeResolver:
             if not gone or back:
                 out.add(fed.address(c, service))
         return frozenset(out)
+
+
+@dataclass
+class FakeRouteProbe:
+    """A gateway's egress stops picking a disrupted cluster ``delay`` seconds later."""
+
+    disruptor: FakeDisruptor
+    delay: float = 0.1
+
+    async def routes(self, admin_url: str) -> dict[str, frozenset[str]] | None:
+        fed = self.disruptor.federation
+        now = fed.clock.t
+        picked = set()
+        for c in fed.names:
+            gone_at = self.disruptor.disrupted_at.get(c)
+            back_at = self.disruptor.restored_at.get(c)
+            gone = gone_at is not None and now >= gone_at + self.delay
+            back = back_at is not None and now >= back_at + self.delay
+            if not gone or back:
+                picked.add(c)
+        return {f"demo/{s}": frozenset(picked) for s in fed.services}

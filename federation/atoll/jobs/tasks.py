@@ -8,7 +8,12 @@ import os
 import socket
 from typing import Any
 
-from atoll.drill.adapters import AdminStateDisruptor, ApiDrillClient, DnsResolver
+from atoll.drill.adapters import (
+    AdminStateDisruptor,
+    ApiDrillClient,
+    DnsResolver,
+    GatewayRouteProbe,
+)
 from atoll.drill.chaos import LabChaos
 from atoll.drill.runner import Disruptor, DrillRunner
 from atoll.jobs.app import RUN_DRILL
@@ -36,7 +41,9 @@ async def run_drill_once(name: str, api: str, *, worker_id: str, lab_control: st
             disruptor = LabChaos(lab_control)
         else:
             disruptor = AdminStateDisruptor(client, reason=f"drill {name}")
-        runner = DrillRunner(client, DnsResolver(), disruptor, worker_id=worker_id)
+        runner = DrillRunner(
+            client, DnsResolver(), disruptor, worker_id=worker_id, routes=GatewayRouteProbe()
+        )
         done = await runner.run(name)
         return done.status.phase
     finally:

@@ -147,6 +147,7 @@ class Lab:
             "--listen", f"{c.ip}:{c.agent_port}",
             "--address", f"dns={c.dns_listen}",
             "--address", f"gateway={c.gateway_listen}",
+            "--address", f"gateway-admin={c.gateway_admin_url}",
             "--federation-domain", FEDERATION_DOMAIN,
             "--join-token", join_token,
             "--federation-bundle", str(p.bundle_file),
@@ -366,20 +367,24 @@ class Lab:
         raise NotFoundError(f"no cluster {name!r} in this lab")
 
     async def kill_cluster(self, name: str) -> list[str]:
-        """SIGKILL the cluster's agent and DNS server, as a crash would."""
+        """SIGKILL the cluster's agent, DNS server and gateway, as a crash would."""
         self._cluster(name)
         killed = []
-        for child in (self.agents.get(name), self.dns.get(name)):
+        for child in (self.agents.get(name), self.dns.get(name), self.gateways.get(name)):
             if child is not None and child.proc.returncode is None:
                 await self.supervisor.kill(child)
                 killed.append(child.name)
         return killed
 
     async def start_cluster(self, name: str) -> list[str]:
-        """Start the cluster's agent and DNS server again (same command lines)."""
+        """Start the cluster's agent, DNS server and gateway again (same command lines)."""
         c = self._cluster(name)
         started = []
-        for table, log_name in ((self.agents, f"agent-{name}"), (self.dns, f"dns-{name}")):
+        for table, log_name in (
+            (self.agents, f"agent-{name}"),
+            (self.dns, f"dns-{name}"),
+            (self.gateways, f"gateway-{name}"),
+        ):
             old = table.get(name)
             if old is None or old.proc.returncode is None:
                 continue
@@ -387,8 +392,9 @@ class Lab:
                 old.name, old.argv, log_path=old.log_path, health_url=old.health_url
             )
             started.append(log_name)
-        for child in (self.agents[c.name], self.dns[c.name]):
-            await self.supervisor.wait_healthy(child)
+        for table in (self.agents, self.dns, self.gateways):
+            if c.name in table:
+                await self.supervisor.wait_healthy(table[c.name])
         write_manifest(self.manifest_path, self.manifest())
         return started
 
