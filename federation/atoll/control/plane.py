@@ -72,6 +72,8 @@ SYNC_KINDS: tuple[type[Resource], ...] = (
 )
 LEADER_KEY = "/atoll/v1/leader"
 RECONCILE_DEBOUNCE = 0.05
+#: shutdown must end even if a connection is wedged mid-handshake
+GRPC_STOP_DEADLINE = 5.0
 GRPC_SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
@@ -257,7 +259,11 @@ class ControlPlane:
                     name="api",
                 )
         finally:
-            await grpc_server.stop(grace=2.0)
+            try:
+                async with asyncio.timeout(GRPC_STOP_DEADLINE):
+                    await grpc_server.stop(grace=2.0)
+            except TimeoutError:
+                log.warning("gRPC server did not stop in time; abandoning its connections")
             if self._store is None:
                 await store.close()
             log.info("control plane stopped", extra={"server_id": self.server_id})
