@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from atoll.errors import AtollError
+from atoll.fileio import write_atomic
 
 __all__ = ["CorruptStateError", "load_state", "save_state"]
 
@@ -47,18 +47,7 @@ def save_state(path: Path, kind: str, payload: Any) -> None:
         "payload": payload,
     }
     data = json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    dirfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    write_atomic(path, data)
 
 
 def parse_state(data: bytes, kind: str) -> Any:

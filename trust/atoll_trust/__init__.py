@@ -10,7 +10,7 @@ pure (time comes in as ``now``, keys through injected factories):
 * :mod:`.ca` — authorities and SVID issuance;
 * :mod:`.kek` — CA keys sealed at rest under a key-encryption key;
 * :mod:`.castate` — the sealed, persisted CA state;
-* :mod:`.files` — atomic 0600 writes of secret-bearing files;
+* secret-bearing files are written atomically, 0600, by :func:`atoll.fileio.write_private_file`;
 * :mod:`.bundle` — SPIFFE bundle JSON and the per-domain :class:`BundleSet`;
 * :mod:`.verify` — X.509-SVID and JWT-SVID verification against the peer's own domain;
 * :mod:`.rotation` — SPIRE's rotation schedule as plan/apply functions;

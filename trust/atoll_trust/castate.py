@@ -29,9 +29,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from atoll.fileio import write_private_file
 from atoll_trust.ca import JwtAuthority, X509Authority
 from atoll_trust.errors import CaStateCorruptError, KeyDecryptionError
-from atoll_trust.files import write_private_file
 from atoll_trust.kek import KeyEncryptor, open_private_key, seal_private_key
 from atoll_trust.rotation import AuthorityState, CaState, Slot
 from atoll_trust.spiffe_id import parse_trust_domain

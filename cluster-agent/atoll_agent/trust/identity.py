@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from atoll.aio import Backoff, Sleep
 from atoll.errors import AtollError, FatalError
+from atoll.fileio import write_private_file
 from atoll.sync.client import ChannelOption
 from atoll.sync.v1 import enrollment_pb2 as pb
 from atoll.sync.v1 import enrollment_pb2_grpc as pb_grpc
@@ -55,7 +56,6 @@ from atoll.trusthub.client import (
 from atoll.trusthub.naming import agent_id
 from atoll_trust.bundle import BundleSet, TrustBundle, parse_bundle, render_bundle
 from atoll_trust.errors import BundleRejectedError, InvalidBundleError, SvidVerificationError
-from atoll_trust.files import write_private_file
 from atoll_trust.jose import KeyType, PrivateKey, generate_private_key
 from atoll_trust.spiffe_id import TrustDomain
 from atoll_trust.svid import X509Svid

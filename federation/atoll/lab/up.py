@@ -489,7 +489,7 @@ def ensure_kek(path: Path) -> None:
     """Create a random KEK file (0600, in a 0700 directory) unless one exists."""
     if path.exists():
         return
-    from atoll_trust.files import write_private_file
+    from atoll.fileio import write_private_file
     from atoll_trust.kek import generate_kek_text
 
     write_private_file(path, (generate_kek_text() + "\n").encode())
