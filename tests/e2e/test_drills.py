@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from atoll.testing.redis import RedisServer, redis_binary
+from tests.e2e.labproc import reap, running_lab
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -74,35 +75,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DrillLab]:
         pytest.skip("redis-server not installed (apt-get install redis-server)")
     state = tmp_path_factory.mktemp("drill-lab")
     with RedisServer(host=f"{LOOPBACK}.0.9") as redis:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "atoll", "--state-dir", str(state), "up",
-                "--loopback", LOOPBACK, "--lease-ttl", str(LEASE), "--broker", redis.url,
-                "--output", "json", "--wait", "90",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        manifest = state / "lab" / "manifest.json"
-        lab: DrillLab | None = None
-        try:
-            wait_for("lab manifest", lambda: manifest.exists() or proc.poll() is not None, 120)
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode()[-3000:] if proc.stderr else ""
-                raise AssertionError(f"atoll up exited early: {err}")
-            lab = DrillLab(state, proc, json.loads(manifest.read_text()))
-            yield lab
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            for p in lab.extra if lab else []:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+        args = ("--loopback", LOOPBACK, "--lease-ttl", str(LEASE), "--broker", redis.url)
+        with running_lab(state, *args, "--wait", "90") as (proc, manifest):
+            lab = DrillLab(state, proc, manifest)
+            try:
+                yield lab
+            finally:
+                reap(lab.extra)
 
 
 def test_dry_run_predicts_and_changes_nothing(lab: DrillLab) -> None:

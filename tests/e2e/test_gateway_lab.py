@@ -9,10 +9,6 @@ service in B answers with A's SPIFFE ID.
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -20,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.labproc import running_lab
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -30,27 +27,9 @@ LOOPBACK = "127.91"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     state = tmp_path_factory.mktemp("gateway-lab")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "atoll", "--state-dir", str(state), "up",
-            "--loopback", LOOPBACK, "--lease-ttl", "3", "--output", "json", "--wait", "60",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    manifest_path = state / "lab" / "manifest.json"
-    try:
-        wait_for("the lab manifest", lambda: manifest_path.exists() or proc.poll() is not None, 90)
-        if proc.poll() is not None:
-            raise AssertionError(f"atoll up exited early: {proc.stderr.read().decode()[-3000:]}")  # type: ignore[union-attr]
-        yield json.loads(manifest_path.read_text())
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    args = ("--loopback", LOOPBACK, "--lease-ttl", "3", "--wait", "60")
+    with running_lab(state, *args, within=90) as (_proc, manifest):
+        yield manifest
 
 
 def test_every_cluster_runs_a_connected_gateway(lab: dict[str, Any]) -> None:
