@@ -56,15 +56,13 @@ import contextlib
 import math
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from atoll.api.views import TimingsView
 from atoll.lab.manifest import Manifest
@@ -88,7 +86,7 @@ from ._failover_stats import (
     lease_left,
     withdrawal_path,
 )
-from ._procs import BenchError
+from ._procs import BenchError, signals_as_interrupt
 
 #: seconds a drill may take beyond its hold before the benchmark gives up on it
 DRILL_TIMEOUT = 150.0
@@ -521,22 +519,6 @@ def _p99(report: Report, label: str) -> float | None:
     return None
 
 
-@contextlib.contextmanager
-def _signals_as_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise KeyboardInterrupt so every ``finally`` stops what it
-    started (SIGINT explicitly: a shell starting us in the background ignores it)."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
     say(
@@ -578,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _measure(cfg: Config, lab: LabProcess, got: Collected, started: float) -> int:
     """Run everything; the lab is stopped (SIGINT) on every way out. Returns the exit code."""
     try:
-        with _signals_as_interrupt():
+        with signals_as_interrupt():
             try:
                 say(f"[lab] starting: {' '.join(lab.argv[2:])}")
                 manifest = lab.start(timeout=120.0)

@@ -54,14 +54,12 @@ import math
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from ._fanout_drive import Deadline, SideResult, Workers, percentile, run_trials
 from ._fanout_plan import (
@@ -94,7 +92,14 @@ from ._plane_watch import (
     profiling,
     wait_quiet,
 )
-from ._procs import BenchError, ServerProcess, free_port, http_get, proc_usage
+from ._procs import (
+    BenchError,
+    ServerProcess,
+    free_port,
+    http_get,
+    proc_usage,
+    signals_as_interrupt,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ETCD_KEY = "/bench/fanout"
@@ -488,22 +493,6 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     return BenchConfig(**vars(args))
 
 
-@contextlib.contextmanager
-def _signals_as_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise KeyboardInterrupt, so every ``finally`` stops its
-    processes (SIGINT explicitly: a shell starting us in the background ignores it)."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     spec = args.spec
@@ -519,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = Deadline(limit)
     tmp = Path(tempfile.mkdtemp(prefix="atoll-bench-sync-"))
     try:
-        with _signals_as_interrupt(), contextlib.ExitStack() as stack:
+        with signals_as_interrupt(), contextlib.ExitStack() as stack:
             workers = Workers(args.workers, args.loop, deadline)
             stack.callback(workers.close)
             atoll = run_atoll(args, spec, workers, tmp, deadline)

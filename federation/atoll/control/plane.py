@@ -280,12 +280,13 @@ class ControlPlane:
     def _enqueuer(self, cfg: PlaneConfig) -> Callable[[str], None]:
         assert cfg.broker is not None
         celery = make_celery(cfg.broker)
-        api = cfg.public_api or f"http://{cfg.api_host}:{self.api_port or cfg.api_port}"
 
         def enqueue(drill: str) -> None:
+            # resolved per call: with --api on port 0 the bound port is known only later
+            api = cfg.public_api or f"http://{cfg.api_host}:{self.api_port or cfg.api_port}"
             celery.send_task(
                 RUN_DRILL,
-                args=[drill, cfg.public_api or api],
+                args=[drill, api],
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
             )
