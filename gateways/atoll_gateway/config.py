@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 Mode = Literal["passthrough", "terminate"]
-Relay = Literal["auto", "splice", "stream"]
+Relay = Literal["auto", "splice", "copy"]
 
 
 class RouteConfig(Frozen):
@@ -95,8 +95,10 @@ class GatewayConfig(Frozen):
     connect_attempts: int = Field(3, ge=1, le=20)
     max_connections: int = Field(10_000, ge=1, le=1_000_000)
     drain_seconds: float = Field(20.0, ge=0.0, le=3600.0)
+    #: close a relayed connection after this long without a byte either way (None: never)
+    idle_timeout: float | None = Field(3600.0, gt=0.0, le=7 * 86400.0)
     outlier: OutlierConfig = Field(default_factory=OutlierConfig)
-    #: passthrough relay: splice (zero copy), stream (asyncio Protocols), auto (splice on Linux)
+    #: plain-TCP relay: splice (zero copy), copy (through a buffer), auto (splice on Linux)
     relay: Relay = "auto"
     #: largest ClientHello accepted (record bytes)
     max_client_hello: int = Field(16 * 1024 + 20, ge=512, le=64 * 1024)

@@ -30,11 +30,11 @@ from atoll_gateway import metrics
 from atoll_gateway.accesslog import AccessRecord
 from atoll_gateway.balancer import Endpoint
 from atoll_gateway.errors import UpstreamError
-from atoll_gateway.inbound import relay_halves
+from atoll_gateway.forward import forward
 from atoll_gateway.naming import ServiceName, server_name
-from atoll_gateway.relay import Half
 from atoll_gateway.routes import EgressRoute, EgressTarget
 from atoll_gateway.runtime import Runtime
+from atoll_gateway.tlsio import connect_socket, connect_tls
 from atoll_gateway.upstream import connect_first
 from atoll_trust.tls import verify_peer
 
@@ -46,37 +46,32 @@ LISTENER = "egress"
 
 async def _open_gateway(
     rt: Runtime, route: EgressRoute, target: EgressTarget, ep: Endpoint
-) -> Half:
-    loop = asyncio.get_running_loop()
+) -> socket.socket:
     ctx = rt.identity.client_context(cluster_domain(rt.federation, target.cluster))
     sni = server_name(
         ServiceName(route.namespace, route.name, route.port.port, target.cluster), rt.table.zone
     )
     async with asyncio.timeout(rt.config.connect_timeout + rt.config.handshake_timeout):
-        transport, half = await loop.create_connection(
-            Half, ep.host, ep.port, ssl=ctx, server_hostname=sni
-        )
+        tls = await connect_tls(ep, ctx, sni)
     try:
         verify_peer(
-            transport.get_extra_info("ssl_object"),
+            tls,
             rt.identity.bundles,
             now=rt.clock(),
             expected=component_id(rt.federation, target.cluster, "gateway"),
         )
     except BaseException:
-        transport.close()
+        tls.close()
         raise
-    return half
+    return tls
 
 
-async def _open_local(ep: Endpoint, limit: float) -> Half:
-    loop = asyncio.get_running_loop()
+async def _open_local(ep: Endpoint, limit: float) -> socket.socket:
     async with asyncio.timeout(limit):
-        _, half = await loop.create_connection(Half, ep.host, ep.port)
-    return half
+        return await connect_socket(ep)
 
 
-async def _connect(rt: Runtime, rec: AccessRecord, route: EgressRoute) -> Half:
+async def _connect(rt: Runtime, rec: AccessRecord, route: EgressRoute) -> socket.socket:
     if not route.decisions or not any(route.decisions):
         raise UpstreamError("no_healthy_target", f"{route.key} has no reachable healthy target")
     targets = route.decisions[rt.next_decision(route.key, len(route.decisions))]
@@ -93,13 +88,13 @@ async def _connect(rt: Runtime, rec: AccessRecord, route: EgressRoute) -> Half:
                 svc = rt.table.inbound.get((route.namespace, route.name))
                 endpoints = svc.endpoints.get(route.port.port, ()) if svc else ()
                 limit = rt.config.connect_timeout
-                ep, half = await connect_first(
+                ep, upstream = await connect_first(
                     rt.balancer, route.key, endpoints, attempts=attempts, listener=LISTENER,
                     destination=target.cluster, connect=lambda e, s=limit: _open_local(e, s),  # type: ignore[misc]
                 )  # fmt: skip
             else:
                 gw = target.gateway
-                ep, half = await connect_first(
+                ep, upstream = await connect_first(
                     rt.balancer, f"gateway/{target.cluster}", [gw], attempts=1,
                     listener=LISTENER, destination=target.cluster,
                     connect=lambda e, t=target: _open_gateway(rt, route, t, e),  # type: ignore[misc]
@@ -108,7 +103,7 @@ async def _connect(rt: Runtime, rec: AccessRecord, route: EgressRoute) -> Half:
             last = exc
             continue
         rec.upstream = str(ep)
-        return half
+        return upstream
     raise last or UpstreamError("no_healthy_target", f"{route.key}: no target")
 
 
@@ -116,21 +111,18 @@ async def handle_egress(rt: Runtime, listen: Endpoint, sock: socket.socket, clie
     """Serve one local connection on an egress listener (see the module docstring)."""
     rec = AccessRecord(listener=LISTENER, client=client, mode="egress")
     rec.source_cluster = rt.table.cluster
-    loop = asyncio.get_running_loop()
-    half: Half | None = None
     handed_over = False
     try:
         route = next((r for r in rt.table.egress if r.listen == listen), None)
         if route is None:
             raise UpstreamError("no_route", f"no egress route on {listen} any more")
         rec.service = f"{route.key}:{route.port.port}"
-        handed_over = True
-        _, half = await loop.connect_accepted_socket(Half, sock)
         upstream = await _connect(rt, rec, route)
         metrics.CONNECTIONS.labels(
             LISTENER, rec.source_cluster, rec.destination_cluster, "egress"
         ).inc()
-        await relay_halves(rec, half, upstream)
+        handed_over = True
+        await forward(rt, rec, sock, upstream)
     except UpstreamError as exc:
         rec.fail(exc.reason, str(exc))
     except asyncio.CancelledError:
@@ -140,8 +132,6 @@ async def handle_egress(rt: Runtime, listen: Endpoint, sock: socket.socket, clie
         log.exception("egress connection failed", extra={"client": client})
         rec.fail("internal", f"{type(exc).__name__}: {exc}")
     finally:
-        if half is not None:
-            half.close()
         if not handed_over:
             sock.close()
         rec.emit()

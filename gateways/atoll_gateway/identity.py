@@ -81,6 +81,7 @@ class GatewayIdentity:
         if self._server is None:
             server = build_server_context(ctx.svid, ctx.bundles)
             server.set_alpn_protocols([TUNNEL_ALPN])
+            server.options |= ssl.OP_IGNORE_UNEXPECTED_EOF  # FIN = half-close (relay doc)
             self._server = server
         return self._server
 
@@ -93,5 +94,6 @@ class GatewayIdentity:
                 raise SvidVerificationError(f"no bundle for trust domain {peer} (not federated?)")
             client = build_client_context(ctx.svid, bundle)
             client.set_alpn_protocols([TUNNEL_ALPN])
+            client.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
             self._clients[peer] = client
         return client

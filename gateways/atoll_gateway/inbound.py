@@ -41,19 +41,20 @@ from atoll_gateway.accesslog import AccessRecord
 from atoll_gateway.balancer import Endpoint
 from atoll_gateway.clienthello import ClientHello, tls_alert
 from atoll_gateway.errors import ClientHelloError, RouteError, UpstreamError
+from atoll_gateway.forward import forward
 from atoll_gateway.identity import TUNNEL_ALPN
 from atoll_gateway.naming import parse_server_name
 from atoll_gateway.peek import peek_client_hello
 from atoll_gateway.policy import authorize
 from atoll_gateway.proxyproto import TLV_AUTHORITY, TLV_SPIFFE_ID, encode_v2
-from atoll_gateway.relay import Half, SpliceRelay, StreamRelay
 from atoll_gateway.routes import InboundService
 from atoll_gateway.runtime import Runtime
-from atoll_gateway.upstream import connect_first, connect_socket
+from atoll_gateway.tlsio import accept_tls, connect_socket, connect_tls
+from atoll_gateway.upstream import connect_first
 from atoll_trust.errors import SvidVerificationError
 from atoll_trust.tls import verify_peer
 
-__all__ = ["Conn", "handle_inbound", "relay_sockets"]
+__all__ = ["Conn", "handle_inbound"]
 
 log = logging.getLogger("atoll.gateway.inbound")
 LISTENER = "inbound"
@@ -61,14 +62,14 @@ LISTENER = "inbound"
 
 @dataclass(slots=True)
 class Conn:
-    """An accepted socket and whether an asyncio transport has taken it over.
-
-    Once a transport owns the socket only the transport may close it (it may
-    still have a writer registered on the fd); the handler closes it otherwise.
-    """
+    """The accepted socket, until a relay or the TLS layer takes it over."""
 
     sock: socket.socket
     handed_over: bool = False
+
+    def take(self) -> socket.socket:
+        self.handed_over = True
+        return self.sock
 
     def close(self) -> None:
         """Close; unread bytes are read first, so the close is a FIN rather than a reset
@@ -87,48 +88,15 @@ def _send(sock: socket.socket, data: bytes) -> None:
         sock.send(data)
 
 
-async def relay_sockets(
-    rt: Runtime, rec: AccessRecord, conn: Conn, upstream: socket.socket
-) -> None:
-    """Relay two connected sockets (splice, or Protocols) and account for it."""
-    labels = (rec.listener, rec.source_cluster, rec.destination_cluster)
-    metrics.ACTIVE.labels(*labels).inc()
-    try:
-        if rt.splice:
-            up, down = await SpliceRelay(conn.sock, upstream).run()
-        else:
-            loop = asyncio.get_running_loop()
-            conn.handed_over = True
-            _, c = await loop.connect_accepted_socket(Half, conn.sock)
-            _, u = await loop.connect_accepted_socket(Half, upstream)
-            up, down = await StreamRelay(c, u).run()
-    finally:
-        metrics.ACTIVE.labels(*labels).dec()
-    _count(rec, up, down)
-
-
-def _count(rec: AccessRecord, up: int, down: int) -> None:
-    rec.bytes_to_upstream, rec.bytes_to_client = up, down
-    labels = (rec.listener, rec.source_cluster, rec.destination_cluster)
-    metrics.BYTES.labels(*labels, "to_upstream").inc(up)
-    metrics.BYTES.labels(*labels, "to_client").inc(down)
-
-
-async def relay_halves(rec: AccessRecord, client: Half, upstream: Half) -> None:
-    labels = (rec.listener, rec.source_cluster, rec.destination_cluster)
-    metrics.ACTIVE.labels(*labels).inc()
-    try:
-        up, down = await StreamRelay(client, upstream).run()
-    finally:
-        metrics.ACTIVE.labels(*labels).dec()
-    _count(rec, up, down)
-
-
 async def _passthrough(
     rt: Runtime, rec: AccessRecord, conn: Conn, svc: InboundService, port: int
 ) -> None:
     rec.mode = "passthrough"
-    timeout = rt.config.connect_timeout
+
+    async def connect(ep: Endpoint) -> socket.socket:
+        async with asyncio.timeout(rt.config.connect_timeout):
+            return await connect_socket(ep)
+
     ep, upstream = await connect_first(
         rt.balancer,
         svc.key,
@@ -136,39 +104,33 @@ async def _passthrough(
         attempts=rt.config.connect_attempts,
         listener=LISTENER,
         destination=rt.table.cluster,
-        connect=lambda e: connect_socket(e, timeout),
+        connect=connect,
     )
     rec.upstream = str(ep)
     metrics.CONNECTIONS.labels(
         LISTENER, rec.source_cluster, rec.destination_cluster, "passthrough"
     ).inc()
-    await relay_sockets(rt, rec, conn, upstream)
+    await forward(rt, rec, conn.take(), upstream)
 
 
-async def _open_endpoint(rt: Runtime, ep: Endpoint, svc: InboundService, header: bytes) -> Half:
-    loop = asyncio.get_running_loop()
-    ctx: ssl.SSLContext | None = None
+async def _open_endpoint(rt: Runtime, ep: Endpoint, svc: InboundService) -> socket.socket:
+    """A connection to a local endpoint: plain, or mTLS with the gateway's SVID."""
     own = rt.identity.spiffe_id.trust_domain
-    if svc.route.upstream_tls:
-        ctx = rt.identity.client_context(own)
     async with asyncio.timeout(rt.config.connect_timeout):
-        transport, half = await loop.create_connection(
-            Half, ep.host, ep.port, ssl=ctx, server_hostname=ep.host if ctx else None
-        )
+        if not svc.route.upstream_tls:
+            return await connect_socket(ep)
+        tls = await connect_tls(ep, rt.identity.client_context(own), ep.host)
     try:
-        if ctx is not None:
-            verify_peer(
-                transport.get_extra_info("ssl_object"),
-                rt.identity.bundles,
-                now=rt.clock(),
-                authorize=lambda peer: peer.trust_domain == own,
-            )
-        if header:
-            transport.write(header)
+        verify_peer(
+            tls,
+            rt.identity.bundles,
+            now=rt.clock(),
+            authorize=lambda peer: peer.trust_domain == own,
+        )
     except BaseException:
-        transport.close()
+        tls.close()
         raise
-    return half
+    return tls
 
 
 async def _terminate(
@@ -180,25 +142,20 @@ async def _terminate(
     hello: ClientHello,
 ) -> None:
     rec.mode = "terminate"
-    loop = asyncio.get_running_loop()
     try:
         server_ctx = rt.identity.server_context()
     except SvidVerificationError as exc:
         raise ClientHelloError("no_identity", str(exc)) from exc
-    conn.handed_over = True
     try:
-        transport, client = await loop.connect_accepted_socket(
-            Half, conn.sock, ssl=server_ctx, ssl_handshake_timeout=rt.config.handshake_timeout
-        )
-    except ConnectionAbortedError as exc:
-        raise ClientHelloError("tls_timeout", f"TLS handshake: {exc}") from exc
-    except (ssl.SSLError, OSError, TimeoutError) as exc:
+        async with asyncio.timeout(rt.config.handshake_timeout):
+            client = await accept_tls(conn.take(), server_ctx)
+    except TimeoutError as exc:
+        raise ClientHelloError("tls_timeout", "TLS handshake timed out") from exc
+    except (ssl.SSLError, OSError) as exc:
         raise ClientHelloError("tls_error", f"TLS handshake: {exc}") from exc
     try:
         try:
-            verified = verify_peer(
-                transport.get_extra_info("ssl_object"), rt.identity.bundles, now=rt.clock()
-            )
+            verified = verify_peer(client, rt.identity.bundles, now=rt.clock())
         except SvidVerificationError as exc:
             raise ClientHelloError("unauthenticated", str(exc)) from exc
         peer = verified.spiffe_id
@@ -211,28 +168,26 @@ async def _terminate(
             raise ClientHelloError("forbidden", verdict.reason)
         header = b""
         if svc.route.proxy_protocol:
-            peername = transport.get_extra_info("peername")
-            sockname = transport.get_extra_info("sockname")
             tlvs = {TLV_SPIFFE_ID: str(peer).encode()}
             if hello.server_name:
                 tlvs[TLV_AUTHORITY] = hello.server_name.encode()
-            header = encode_v2(peername[:2], sockname[:2], tlvs)
-        ep, upstream = await connect_first(
+            header = encode_v2(client.getpeername()[:2], client.getsockname()[:2], tlvs)
+        ep, connected = await connect_first(
             rt.balancer,
             svc.key,
             svc.endpoints.get(port, ()),
             attempts=rt.config.connect_attempts,
             listener=LISTENER,
             destination=rt.table.cluster,
-            connect=lambda e: _open_endpoint(rt, e, svc, header),
+            connect=lambda e: _open_endpoint(rt, e, svc),
         )
         rec.upstream = str(ep)
         metrics.CONNECTIONS.labels(
             LISTENER, rec.source_cluster, rec.destination_cluster, "terminate"
         ).inc()
-        await relay_halves(rec, client, upstream)
+        await forward(rt, rec, client, connected, prefix=header)
     finally:
-        client.close()
+        client.close()  # a no-op once the relay has closed it
 
 
 async def handle_inbound(rt: Runtime, sock: socket.socket, client: str) -> None:

@@ -8,8 +8,9 @@ endpoints serve the connection. Reasons are the typed errors' ``reason``
 labels (:mod:`atoll_gateway.errors`) plus TLS outcomes (``tls_error``,
 ``tls_timeout``, ``unauthenticated``, ``forbidden``).
 
-Bytes are counted when a connection ends (a relay does not touch Python per
-chunk when it splices).
+Bytes are counted every few seconds while a connection lives and once more
+when it ends (:class:`~atoll_gateway.relay.RelayWatch`; nothing runs per
+chunk, which splice could not afford).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ CONNECTIONS = Counter(
 ACTIVE = Gauge("atoll_gateway_active_connections", "Connections being relayed now", _PAIR)
 BYTES = Counter(
     "atoll_gateway_bytes_total",
-    "Bytes relayed (direction: to_upstream | to_client), counted at connection end",
+    "Bytes relayed (direction: to_upstream | to_client), counted every few seconds",
     [*_PAIR, "direction"],
 )
 HANDSHAKE_FAILURES = Counter(

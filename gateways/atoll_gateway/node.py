@@ -131,7 +131,7 @@ class GatewayNode:
         self.identity = GatewayIdentity(source)
         splice = use_splice
         if splice is None:
-            splice = config.relay != "stream" and splice_supported()
+            splice = config.relay != "copy" and splice_supported()
         self.runtime = Runtime(
             config=config,
             table=RouteTable(cluster=config.cluster, zone=config.zone),

@@ -9,9 +9,6 @@ seen nothing yet.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +19,7 @@ from atoll_gateway.balancer import Balancer, Endpoint
 from atoll_gateway.errors import UpstreamError
 from atoll_trust.errors import SvidVerificationError
 
-__all__ = ["CONNECT_ERRORS", "connect_first", "connect_socket"]
+__all__ = ["CONNECT_ERRORS", "connect_first"]
 
 T = TypeVar("T")
 CONNECT_ERRORS: tuple[type[Exception], ...] = (
@@ -31,22 +28,6 @@ CONNECT_ERRORS: tuple[type[Exception], ...] = (
     ssl.SSLError,
     SvidVerificationError,
 )
-
-
-async def connect_socket(endpoint: Endpoint, limit: float) -> socket.socket:
-    """A connected non-blocking TCP socket (for the splice relay)."""
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        async with asyncio.timeout(limit):
-            await loop.sock_connect(sock, (endpoint.host, endpoint.port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _reason(exc: BaseException) -> str:
@@ -92,8 +73,3 @@ async def connect_first(
         "connect_failed",
         f"{key}: {len(order)} endpoint(s) failed; last: {type(last).__name__}: {last}",
     )
-
-
-def close_quietly(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.close()

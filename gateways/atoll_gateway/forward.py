@@ -1,0 +1,58 @@
+"""Relaying one routed connection with its accounting: the last step of every handler.
+
+:func:`forward` picks the relay — :class:`~atoll_gateway.relay.SpliceRelay`
+when both sockets are plain TCP and splice is on, otherwise
+:class:`~atoll_gateway.relay.CopyRelay` — and wires it to the metrics (active
+connections; bytes counted every few seconds while the connection lives, not
+only at its end) and to the access record (byte totals, idle timeout, relay
+errors).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from atoll_gateway import metrics
+from atoll_gateway.accesslog import AccessRecord
+from atoll_gateway.relay import CopyRelay, RelayWatch, SpliceRelay
+from atoll_gateway.runtime import Runtime
+
+__all__ = ["forward"]
+
+
+async def forward(
+    rt: Runtime,
+    rec: AccessRecord,
+    client: socket.socket,
+    upstream: socket.socket,
+    *,
+    prefix: bytes = b"",
+) -> None:
+    """Relay ``client`` ⇄ ``upstream`` until both ends are done (both sockets are taken over)."""
+    labels = (rec.listener, rec.source_cluster, rec.destination_cluster)
+    to_upstream = metrics.BYTES.labels(*labels, "to_upstream")
+    to_client = metrics.BYTES.labels(*labels, "to_client")
+
+    def progress(up: int, down: int) -> None:
+        to_upstream.inc(up)
+        to_client.inc(down)
+
+    idle = rt.config.idle_timeout
+    watch = RelayWatch(idle_timeout=idle, on_progress=progress)
+    tls = isinstance(client, ssl.SSLSocket) or isinstance(upstream, ssl.SSLSocket)
+    relay: SpliceRelay | CopyRelay
+    if rt.splice and not tls and not prefix:
+        relay = SpliceRelay(client, upstream, watch)
+    else:
+        relay = CopyRelay(client, upstream, watch, prefix=prefix)
+    active = metrics.ACTIVE.labels(*labels)
+    active.inc()
+    try:
+        rec.bytes_to_upstream, rec.bytes_to_client = await relay.run()
+    finally:
+        active.dec()
+    if watch.timed_out:
+        rec.fail("idle_timeout", f"no bytes in either direction for {idle}s")
+    elif relay.error is not None:
+        rec.fail("relay_error", f"{type(relay.error).__name__}: {relay.error}")

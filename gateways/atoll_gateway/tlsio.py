@@ -1,0 +1,117 @@
+"""TLS handshakes on plain non-blocking sockets, driven by the event loop.
+
+The gateway's TLS connections are :class:`ssl.SSLSocket` objects in
+non-blocking mode rather than asyncio SSL transports: the relay
+(:class:`~atoll_gateway.relay.CopyRelay`) then decrypts and encrypts with one
+C call per chunk, and the same code runs on asyncio's loop and on uvloop
+(whose SSL transports stalled terminated connections). Only the handshake
+needs help from the loop: :func:`handshake` retries ``do_handshake`` each
+time the socket becomes readable or writable, as OpenSSL asks.
+
+* :func:`accept_tls` — server side of an accepted socket (terminating listener);
+* :func:`connect_tls` — client side to an endpoint or a peer gateway, with an
+  optional :class:`ssl.SSLSession` to resume (one full handshake per peer
+  instead of one per connection).
+
+Both take the socket over: on failure it is closed, on success the returned
+``SSLSocket`` owns the file descriptor (the plain socket object is detached).
+The caller bounds the time with ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+from atoll_gateway.balancer import Endpoint
+
+__all__ = ["accept_tls", "connect_socket", "connect_tls", "handshake"]
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    if write:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
+    try:
+        await fut
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def handshake(tls: ssl.SSLSocket) -> None:
+    """Complete the TLS handshake of a non-blocking ``SSLSocket``."""
+    loop = asyncio.get_running_loop()
+    fd = tls.fileno()
+    while True:
+        try:
+            tls.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            await _ready(loop, fd, write=False)
+        except ssl.SSLWantWriteError:
+            await _ready(loop, fd, write=True)
+
+
+async def accept_tls(sock: socket.socket, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    """Server-side handshake on an accepted socket (the socket is taken over)."""
+    try:
+        tls = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await handshake(tls)
+    except BaseException:
+        tls.close()
+        raise
+    return tls
+
+
+async def connect_socket(endpoint: Endpoint) -> socket.socket:
+    """A connected non-blocking TCP socket with Nagle off."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await loop.sock_connect(sock, (endpoint.host, endpoint.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def connect_tls(
+    endpoint: Endpoint,
+    ctx: ssl.SSLContext,
+    server_hostname: str,
+    *,
+    session: ssl.SSLSession | None = None,
+) -> ssl.SSLSocket:
+    """Connect and complete a client handshake (resuming ``session`` if the server agrees)."""
+    sock = await connect_socket(endpoint)
+    try:
+        tls = ctx.wrap_socket(
+            sock, server_hostname=server_hostname, do_handshake_on_connect=False, session=session
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await handshake(tls)
+    except BaseException:
+        tls.close()
+        raise
+    return tls

@@ -1,0 +1,236 @@
+"""The relays on real loopback sockets: TLS both ways, half-close, back-pressure, idleness.
+
+The chain of the cross-cluster path is rebuilt without the rest of the
+gateway: a plain client → :class:`CopyRelay` (plain ⇄ TLS, like an egress) →
+TLS over TCP → :class:`CopyRelay` (TLS ⇄ plain, like a terminating gateway) →
+a plain server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from atoll.aio import cancel_and_wait, spawn
+from atoll_gateway.balancer import Endpoint
+from atoll_gateway.relay import CopyRelay, RelayWatch, SpliceRelay
+from atoll_gateway.testing import TestPki
+from atoll_gateway.tlsio import accept_tls, connect_socket, connect_tls
+from atoll_trust.tls import build_client_context, build_server_context
+from tests.polling import eventually
+
+HOST = "127.0.93.1"
+DOMAIN = "relay.test"
+PKI = TestPki(DOMAIN)
+
+
+def _contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    svid = PKI.svid(DOMAIN, "gw")
+    bundles = PKI.bundles(DOMAIN)
+    server = build_server_context(svid, bundles)
+    client = build_client_context(svid, bundles.get(svid.spiffe_id.trust_domain))  # type: ignore[arg-type]
+    for ctx in (server, client):
+        ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
+    return server, client
+
+
+async def _pair() -> tuple[socket.socket, socket.socket]:
+    """Two connected non-blocking TCP sockets over loopback (accepted, connected)."""
+    loop = asyncio.get_running_loop()
+    lst = socket.create_server((HOST, 0))
+    lst.setblocking(False)
+    try:
+        port = lst.getsockname()[1]
+        connecting = spawn(connect_socket(Endpoint(HOST, port)), name="connect")
+        accepted, _ = await loop.sock_accept(lst)
+        accepted.setblocking(False)
+        return accepted, await connecting
+    finally:
+        lst.close()
+
+
+async def _tls_pair() -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """Server and client ends of a TLS connection, handshake done."""
+    server_ctx, client_ctx = _contexts()
+    loop = asyncio.get_running_loop()
+    lst = socket.create_server((HOST, 0))
+    lst.setblocking(False)
+    try:
+        port = lst.getsockname()[1]
+        connecting = spawn(
+            connect_tls(Endpoint(HOST, port), client_ctx, "gw.relay.test"), name="connect"
+        )
+        accepted, _ = await loop.sock_accept(lst)
+        accepted.setblocking(False)
+        server = await accept_tls(accepted, server_ctx)
+        return server, await connecting
+    finally:
+        lst.close()
+
+
+@dataclass
+class Chain:
+    app_client: socket.socket  # the workload's side of the egress connection
+    app_server: socket.socket  # the endpoint's side of the gateway's connection
+    egress: CopyRelay
+    gateway: CopyRelay
+    runs: list[asyncio.Task[tuple[int, int]]]
+
+
+@pytest.fixture
+async def chain() -> AsyncIterator[Chain]:
+    app_client, egress_in = await _pair()
+    gateway_tls, egress_tls = await _tls_pair()
+    gateway_out, app_server = await _pair()
+    egress = CopyRelay(egress_in, egress_tls)
+    gateway = CopyRelay(gateway_tls, gateway_out)
+    runs = [spawn(egress.run(), name="egress"), spawn(gateway.run(), name="gateway")]
+    yield Chain(app_client, app_server, egress, gateway, runs)
+    await cancel_and_wait(*runs)
+    app_client.close()
+    app_server.close()
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    await asyncio.get_running_loop().sock_sendall(sock, data)
+
+
+async def _read_to_eof(sock: socket.socket) -> bytes:
+    loop = asyncio.get_running_loop()
+    out = bytearray()
+    while chunk := await loop.sock_recv(sock, 1 << 16):
+        out += chunk
+    return bytes(out)
+
+
+async def test_bytes_cross_two_tls_relays_and_half_close_travels_through_tls(
+    chain: Chain,
+) -> None:
+    request, response = os.urandom(3 << 20), os.urandom(5 << 20)
+    # the client sends everything and half-closes; the server sees EOF *through TLS*
+    await _send_all(chain.app_client, request)
+    chain.app_client.shutdown(socket.SHUT_WR)
+    got = await asyncio.wait_for(_read_to_eof(chain.app_server), 30)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(request).digest()
+    # ... and can still answer on the other direction, then close
+    await _send_all(chain.app_server, response)
+    chain.app_server.shutdown(socket.SHUT_WR)
+    back = await asyncio.wait_for(_read_to_eof(chain.app_client), 30)
+    assert hashlib.sha256(back).digest() == hashlib.sha256(response).digest()
+    totals = await asyncio.wait_for(asyncio.gather(*chain.runs), 10)
+    assert totals == [(len(request), len(response)), (len(request), len(response))]
+    assert chain.egress.error is None and chain.gateway.error is None
+
+
+async def test_a_receiver_that_stops_reading_stops_the_sender(chain: Chain) -> None:
+    """Back-pressure: the relays buffer one chunk each, so the sender's socket fills."""
+    block = b"x" * (1 << 16)
+    sent = 0
+    chain.app_client.setblocking(False)
+    stalled = 0
+    while stalled < 20 and sent < (512 << 20):
+        try:
+            sent += chain.app_client.send(block)
+            stalled = 0
+        except BlockingIOError:
+            stalled += 1
+            await asyncio.sleep(0.02)
+    assert sent < (512 << 20), "the relays kept accepting bytes nobody read"
+    moved = chain.egress.totals()[0]
+    assert moved <= sent
+    # the receiver starts reading: everything arrives, in order, nothing lost
+    chain.app_client.shutdown(socket.SHUT_WR)
+    got = await asyncio.wait_for(_read_to_eof(chain.app_server), 60)
+    assert len(got) == sent and got == b"x" * sent
+
+
+async def test_a_reset_upstream_resets_the_client_through_both_relays(chain: Chain) -> None:
+    """A failure is passed on as a failure: the client must not mistake it for a clean end."""
+    await _send_all(chain.app_client, b"hello")
+    loop = asyncio.get_running_loop()
+    assert await loop.sock_recv(chain.app_server, 5) == b"hello"
+    chain.app_server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    chain.app_server.close()  # RST
+    await asyncio.wait_for(asyncio.gather(*chain.runs), 10)
+    assert chain.gateway.failed and chain.egress.failed
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(_read_to_eof(chain.app_client), 10)
+
+
+async def test_the_proxy_header_prefix_reaches_the_upstream_first() -> None:
+    client_app, client_side = await _pair()
+    upstream_side, upstream_app = await _pair()
+    relay = CopyRelay(client_side, upstream_side, prefix=b"PROXY-HEADER|")
+    run = spawn(relay.run(), name="relay")
+    try:
+        await _send_all(client_app, b"payload")
+        client_app.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(_read_to_eof(upstream_app), 10) == b"PROXY-HEADER|payload"
+        upstream_app.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(run, 10) == (len(b"payload"), 0)
+    finally:
+        await cancel_and_wait(run)
+        client_app.close()
+        upstream_app.close()
+
+
+@pytest.mark.parametrize("kind", ["copy", "splice"])
+async def test_progress_is_reported_while_alive_and_idleness_ends_the_relay(kind: str) -> None:
+    client_app, client_side = await _pair()
+    upstream_side, upstream_app = await _pair()
+    seen: list[tuple[int, int]] = []
+    watch = RelayWatch(idle_timeout=0.6, on_progress=lambda u, d: seen.append((u, d)), tick=0.1)
+    relay = (
+        CopyRelay(client_side, upstream_side, watch)
+        if kind == "copy"
+        else SpliceRelay(client_side, upstream_side, watch)
+    )
+    loop = asyncio.get_running_loop()
+    run = spawn(relay.run(), name="relay")
+    try:
+        await _send_all(client_app, b"a" * 1000)
+        assert await loop.sock_recv(upstream_app, 1000) == b"a" * 1000
+        await _send_all(upstream_app, b"b" * 10)
+        # counted while the connection is still open
+        await eventually(
+            "live byte counts",
+            lambda: sum(u for u, _ in seen) == 1000 and sum(d for _, d in seen) == 10,
+        )
+        assert not run.done()
+        # then silence: the relay gives up after the idle timeout and closes both sides
+        started = loop.time()
+        totals = await asyncio.wait_for(run, 10)
+        assert loop.time() - started >= 0.5
+        assert watch.timed_out
+        assert totals == (1000, 10)
+        assert await asyncio.wait_for(_read_to_eof(upstream_app), 5) == b""
+    finally:
+        await cancel_and_wait(run)
+        client_app.close()
+        upstream_app.close()
+
+
+async def test_a_busy_connection_is_not_idle() -> None:
+    client_app, client_side = await _pair()
+    upstream_side, upstream_app = await _pair()
+    watch = RelayWatch(idle_timeout=0.3, tick=0.1)
+    run = spawn(CopyRelay(client_side, upstream_side, watch).run(), name="relay")
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(12):  # 1.2 s of traffic, a byte every 0.1 s
+            await _send_all(client_app, b".")
+            assert await loop.sock_recv(upstream_app, 1) == b"."
+            await asyncio.sleep(0.1)
+        assert not run.done() and not watch.timed_out
+    finally:
+        await cancel_and_wait(run)
+        client_app.close()
+        upstream_app.close()
