@@ -6,7 +6,8 @@ ring (:mod:`atoll_gateway.routes`: the same targets, in the same order, that
 the DNS strategy would answer for this region) and tries its targets in order:
 
 * a **remote** cluster — mTLS to that cluster's gateway with *this* cluster's
-  gateway SVID, trusting only the remote cluster's bundle, SNI
+  gateway SVID (resuming the last session with that gateway when there is
+  one), trusting only the remote cluster's bundle, SNI
   ``<port>.<service>.<namespace>.svc.<cluster>.<zone>`` and ALPN
   :data:`~atoll_gateway.identity.TUNNEL_ALPN`; the server must present exactly
   ``spiffe://<cluster>.<fed>/atoll/gateway``. A remote gateway whose connects
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 
 from atoll.trusthub.naming import cluster_domain, component_id
 from atoll_gateway import metrics
@@ -36,12 +38,15 @@ from atoll_gateway.routes import EgressRoute, EgressTarget
 from atoll_gateway.runtime import Runtime
 from atoll_gateway.tlsio import connect_socket, connect_tls
 from atoll_gateway.upstream import connect_first
-from atoll_trust.tls import verify_peer
 
 __all__ = ["handle_egress"]
 
 log = logging.getLogger("atoll.gateway.egress")
 LISTENER = "egress"
+
+
+def _peer_key(target: EgressTarget, ep: Endpoint) -> str:
+    return f"{target.cluster}/{ep}"
 
 
 async def _open_gateway(
@@ -51,14 +56,12 @@ async def _open_gateway(
     sni = server_name(
         ServiceName(route.namespace, route.name, route.port.port, target.cluster), rt.table.zone
     )
+    session = rt.identity.session(_peer_key(target, ep))
     async with asyncio.timeout(rt.config.connect_timeout + rt.config.handshake_timeout):
-        tls = await connect_tls(ep, ctx, sni)
+        tls = await connect_tls(ep, ctx, sni, session=session)
     try:
-        verify_peer(
-            tls,
-            rt.identity.bundles,
-            now=rt.clock(),
-            expected=component_id(rt.federation, target.cluster, "gateway"),
+        rt.identity.verifier.verify(
+            tls, now=rt.clock(), expected=component_id(rt.federation, target.cluster, "gateway")
         )
     except BaseException:
         tls.close()
@@ -71,7 +74,10 @@ async def _open_local(ep: Endpoint, limit: float) -> socket.socket:
         return await connect_socket(ep)
 
 
-async def _connect(rt: Runtime, rec: AccessRecord, route: EgressRoute) -> socket.socket:
+async def _connect(
+    rt: Runtime, rec: AccessRecord, route: EgressRoute
+) -> tuple[socket.socket, str | None]:
+    """The upstream socket, and the session key when it is a TLS tunnel to a peer gateway."""
     if not route.decisions or not any(route.decisions):
         raise UpstreamError("no_healthy_target", f"{route.key} has no reachable healthy target")
     targets = route.decisions[rt.next_decision(route.key, len(route.decisions))]
@@ -103,7 +109,7 @@ async def _connect(rt: Runtime, rec: AccessRecord, route: EgressRoute) -> socket
             last = exc
             continue
         rec.upstream = str(ep)
-        return upstream
+        return upstream, None if target.gateway is None else _peer_key(target, ep)
     raise last or UpstreamError("no_healthy_target", f"{route.key}: no target")
 
 
@@ -117,12 +123,16 @@ async def handle_egress(rt: Runtime, listen: Endpoint, sock: socket.socket, clie
         if route is None:
             raise UpstreamError("no_route", f"no egress route on {listen} any more")
         rec.service = f"{route.key}:{route.port.port}"
-        upstream = await _connect(rt, rec, route)
+        upstream, peer = await _connect(rt, rec, route)
         metrics.CONNECTIONS.labels(
             LISTENER, rec.source_cluster, rec.destination_cluster, "egress"
         ).inc()
         handed_over = True
-        await forward(rt, rec, sock, upstream)
+        on_finish = None
+        if peer is not None and isinstance(upstream, ssl.SSLSocket):
+            tls = upstream
+            on_finish = lambda: rt.identity.remember_session(peer, tls)  # noqa: E731
+        await forward(rt, rec, sock, upstream, on_finish=on_finish)
     except UpstreamError as exc:
         rec.fail(exc.reason, str(exc))
     except asyncio.CancelledError:

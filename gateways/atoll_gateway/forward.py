@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 
 from atoll_gateway import metrics
 from atoll_gateway.accesslog import AccessRecord
-from atoll_gateway.relay import CopyRelay, RelayWatch, SpliceRelay
+from atoll_gateway.relay import CopyRelay, SpliceRelay
+from atoll_gateway.relaywatch import RelayWatch
 from atoll_gateway.runtime import Runtime
 
 __all__ = ["forward"]
@@ -28,8 +30,12 @@ async def forward(
     upstream: socket.socket,
     *,
     prefix: bytes = b"",
+    on_finish: Callable[[], None] | None = None,
 ) -> None:
-    """Relay ``client`` ⇄ ``upstream`` until both ends are done (both sockets are taken over)."""
+    """Relay ``client`` ⇄ ``upstream`` until both ends are done (both sockets are taken over).
+
+    ``on_finish`` runs when the relay ends, before the sockets close (TLS relays only).
+    """
     labels = (rec.listener, rec.source_cluster, rec.destination_cluster)
     to_upstream = metrics.BYTES.labels(*labels, "to_upstream")
     to_client = metrics.BYTES.labels(*labels, "to_client")
@@ -45,7 +51,7 @@ async def forward(
     if rt.splice and not tls and not prefix:
         relay = SpliceRelay(client, upstream, watch)
     else:
-        relay = CopyRelay(client, upstream, watch, prefix=prefix)
+        relay = CopyRelay(client, upstream, watch, prefix=prefix, on_finish=on_finish)
     active = metrics.ACTIVE.labels(*labels)
     active.inc()
     try:

@@ -14,6 +14,15 @@ its context when it starts; established connections keep theirs).
 * :meth:`client_context` — originating mTLS to a peer in one trust domain: trusts
   only that domain's bundle (no pooling at all) and offers ALPN
   :data:`TUNNEL_ALPN`, which tells a peer gateway to terminate.
+* :attr:`verifier` — :class:`~atoll_trust.peercache.PeerVerifier` over the
+  current bundles: each peer certificate is verified once, not per connection.
+* :meth:`session` / :meth:`remember_session` — the last TLS session per peer
+  gateway, so a new connection resumes (no certificate exchange, no
+  signatures) instead of a full handshake; the server side issues TLS 1.3
+  tickets (OpenSSL's default, two per handshake).
+
+All of it is dropped when the Workload API context changes, so nothing made
+with an old SVID or bundle outlives a rotation.
 
 :class:`StaticSource` holds a fixed context (tests, benchmarks); the CLI uses
 :class:`atoll_trust.workload_api.client.X509Source`.
@@ -27,6 +36,7 @@ from typing import Protocol
 
 from atoll_trust.bundle import BundleSet
 from atoll_trust.errors import SvidVerificationError
+from atoll_trust.peercache import PeerVerifier
 from atoll_trust.spiffe_id import SpiffeId, TrustDomain
 from atoll_trust.tls import build_client_context, build_server_context
 from atoll_trust.workload_api.client import X509Context
@@ -53,15 +63,20 @@ class GatewayIdentity:
         self._for: X509Context | None = None
         self._server: ssl.SSLContext | None = None
         self._clients: dict[TrustDomain, ssl.SSLContext] = {}
+        self._verifier: PeerVerifier | None = None
+        self._sessions: dict[str, ssl.SSLSession] = {}
 
     def _context(self) -> X509Context:
         ctx = self.source.current
         if ctx is None:
             raise SvidVerificationError("the gateway has no SVID yet (Workload API)")
         if ctx is not self._for:
+            # a new SVID or bundle set: new SSL contexts, sessions and verified peers
             self._for = ctx
             self._server = None
             self._clients = {}
+            self._verifier = None
+            self._sessions = {}
         return ctx
 
     @property
@@ -75,6 +90,28 @@ class GatewayIdentity:
     @property
     def bundles(self) -> BundleSet:
         return self._context().bundles
+
+    @property
+    def verifier(self) -> PeerVerifier:
+        """Verifies peers against the current bundles, remembering verified leaves."""
+        ctx = self._context()
+        if self._verifier is None:
+            self._verifier = PeerVerifier(ctx.bundles)
+        return self._verifier
+
+    def session(self, key: str) -> ssl.SSLSession | None:
+        """The last TLS session with the peer ``key`` (resumed by the next connection)."""
+        self._context()
+        return self._sessions.get(key)
+
+    def remember_session(self, key: str, tls: ssl.SSLSocket) -> None:
+        """Keep ``tls``'s session for the next connection to ``key`` (call before closing:
+        TLS 1.3 tickets arrive after the handshake, with the first bytes read)."""
+        if not any(tls.context is c for c in self._clients.values()):
+            return  # made with an older context (rotated since): not resumable with the new one
+        session = tls.session
+        if session is not None and session.has_ticket:
+            self._sessions[key] = session
 
     def server_context(self) -> ssl.SSLContext:
         ctx = self._context()

@@ -16,7 +16,7 @@ Per connection (:func:`handle_inbound`):
 4. **Terminate** (mode ``terminate``, or ALPN :data:`~atoll_gateway.identity.TUNNEL_ALPN`
    from a peer gateway's egress): TLS handshake with the gateway's *current*
    SVID, requiring a client certificate; the peer is verified against its own
-   trust domain's bundle (:func:`atoll_trust.tls.verify_peer`) and then the
+   trust domain's bundle (:class:`atoll_trust.peercache.PeerVerifier`) and then the
    service's allow policy (:func:`atoll_gateway.policy.authorize`). Then a
    connection to the endpoint — plain, or mTLS with the gateway's SVID when
    ``upstream_tls`` — optionally prefixed with a PROXY v2 header carrying the
@@ -52,7 +52,6 @@ from atoll_gateway.runtime import Runtime
 from atoll_gateway.tlsio import accept_tls, connect_socket, connect_tls
 from atoll_gateway.upstream import connect_first
 from atoll_trust.errors import SvidVerificationError
-from atoll_trust.tls import verify_peer
 
 __all__ = ["Conn", "handle_inbound"]
 
@@ -121,11 +120,8 @@ async def _open_endpoint(rt: Runtime, ep: Endpoint, svc: InboundService) -> sock
             return await connect_socket(ep)
         tls = await connect_tls(ep, rt.identity.client_context(own), ep.host)
     try:
-        verify_peer(
-            tls,
-            rt.identity.bundles,
-            now=rt.clock(),
-            authorize=lambda peer: peer.trust_domain == own,
+        rt.identity.verifier.verify(
+            tls, now=rt.clock(), authorize=lambda peer: peer.trust_domain == own
         )
     except BaseException:
         tls.close()
@@ -155,7 +151,7 @@ async def _terminate(
         raise ClientHelloError("tls_error", f"TLS handshake: {exc}") from exc
     try:
         try:
-            verified = verify_peer(client, rt.identity.bundles, now=rt.clock())
+            verified = rt.identity.verifier.verify(client, now=rt.clock())
         except SvidVerificationError as exc:
             raise ClientHelloError("unauthenticated", str(exc)) from exc
         peer = verified.spiffe_id

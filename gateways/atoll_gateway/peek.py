@@ -21,25 +21,11 @@ import socket
 
 from atoll_gateway.clienthello import RECORD_HEADER, ClientHello, parse_client_hello
 from atoll_gateway.errors import ClientHelloError
+from atoll_gateway.poller import poller
 
-__all__ = ["peek_client_hello", "wait_readable"]
+__all__ = ["peek_client_hello"]
 
 _TCP_CLOSE_WAIT = 8
-
-
-async def wait_readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    fd = sock.fileno()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    loop.add_reader(fd, ready)
-    try:
-        await fut
-    finally:
-        loop.remove_reader(fd)
 
 
 def _peer_closed(sock: socket.socket) -> bool:
@@ -57,7 +43,7 @@ async def peek_client_hello(sock: socket.socket, *, max_size: int) -> ClientHell
     has usually arrived by the time the connection is accepted, and then no
     reader is registered at all.
     """
-    loop = asyncio.get_running_loop()
+    waits = poller()
     need = RECORD_HEADER
     last = -1
     lowat = False
@@ -87,7 +73,7 @@ async def peek_client_hello(sock: socket.socket, *, max_size: int) -> ClientHell
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
                     lowat = True
-            await wait_readable(loop, sock)
+            await waits.wait(sock.fileno(), write=False)
     finally:
         if lowat:
             with contextlib.suppress(OSError):

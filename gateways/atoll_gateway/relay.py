@@ -27,16 +27,15 @@ instead; gateway contexts set :data:`ssl.OP_IGNORE_UNEXPECTED_EOF`
 end of stream and keeps writing the other direction. The trade-off: a TLS
 stream cut by an on-path FIN looks like a clean end, as it would in plain TCP.
 
-**Accounting and idleness** (:class:`RelayWatch`, both relays): every
-``tick`` the totals are compared with the last report; progress goes to
-``on_progress`` (live byte counters), and ``idle_timeout`` seconds without a
-byte in either direction end the relay with :attr:`timed_out` set — checked
-at tick granularity, so the close happens between ``idle_timeout`` and
-``idle_timeout + tick``. Nothing runs per chunk.
+**Accounting and idleness**: :class:`~atoll_gateway.relaywatch.RelayWatch`
+(a timer, nothing per chunk). **Readiness**: both relays are driven by the
+loop's :class:`~atoll_gateway.poller.Poller` (one epoll set for all
+connection sockets), each direction a small state machine — a pump — that
+moves bytes until something would block and then waits for exactly that.
 
 File-descriptor hygiene (the fd leak seen with uvloop and splice under churn in
-the peer baselines): every reader/writer registered on the loop is removed
-*before* its fd is closed, and sockets are closed through their ``socket``
+the peer baselines): every socket is removed from the poller *before* its fd
+is closed, and sockets are closed through their ``socket``
 objects (which forget their fd number), never by number, so a recycled fd
 number is never touched twice. A relay owns both sockets from the moment it
 is constructed.
@@ -55,23 +54,15 @@ import ssl
 import struct
 from collections.abc import Callable
 
-__all__ = [
-    "BUFFER_SIZE",
-    "CopyRelay",
-    "ProgressCallback",
-    "RelayWatch",
-    "SpliceRelay",
-    "pooled_pipes",
-    "splice_supported",
-]
+from atoll_gateway.poller import Poller, poller
+from atoll_gateway.relaywatch import RelayWatch
+
+__all__ = ["BUFFER_SIZE", "CopyRelay", "SpliceRelay", "pooled_pipes", "splice_supported"]
 
 #: per direction of a :class:`CopyRelay` (one TLS record's plaintext, HAProxy's bufsize)
 BUFFER_SIZE = 16 * 1024
-#: reads per wake-up before yielding to other connections
+#: reads per wake-up before a busy direction yields to other connections
 _BATCH = 16
-#: ``(new bytes client→upstream, new bytes upstream→client)`` since the last call
-ProgressCallback = Callable[[int, int], None]
-
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _PIPE_SIZE = 1 << 20
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -120,263 +111,35 @@ def splice_supported() -> bool:
     return hasattr(os, "splice")
 
 
-class RelayWatch:
-    """Tick-driven byte accounting and idle timeout, shared by both relays (module doc)."""
+# -- ends and pumps ---------------------------------------------------------------------
 
-    def __init__(
-        self,
-        *,
-        idle_timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        tick: float = 5.0,
-    ) -> None:
-        if idle_timeout is not None:
-            tick = min(tick, idle_timeout)
-        self.idle_timeout = idle_timeout
-        self.on_progress = on_progress
-        self.tick = tick
-        self.timed_out = False
-        self._reported = (0, 0)
-        self._idle = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._done: asyncio.Future[None] | None = None
-        self._totals: Callable[[], tuple[int, int]] = lambda: (0, 0)
-
-    def start(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        done: asyncio.Future[None],
-        totals: Callable[[], tuple[int, int]],
-    ) -> None:
-        self._done, self._totals = done, totals
-        if self.idle_timeout is not None or self.on_progress is not None:
-            self._timer = loop.call_later(self.tick, self._on_tick, loop)
-
-    def _on_tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        totals = self._totals()
-        self._idle = self._idle + self.tick if totals == self._reported else 0.0
-        self.report(totals)
-        if self.idle_timeout is not None and self._idle >= self.idle_timeout:
-            self.timed_out = True
-            if self._done is not None and not self._done.done():
-                self._done.set_result(None)
-            return
-        self._timer = loop.call_later(self.tick, self._on_tick, loop)
-
-    def report(self, totals: tuple[int, int]) -> None:
-        """Hand the bytes moved since the last report to ``on_progress``."""
-        up, down = totals
-        last_up, last_down = self._reported
-        if self.on_progress is not None and (up != last_up or down != last_down):
-            self.on_progress(up - last_up, down - last_down)
-        self._reported = totals
-
-    def stop(self, totals: tuple[int, int]) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.report(totals)
-
-
-class _Direction:
-    __slots__ = (
-        "chunk",
-        "dst",
-        "eof",
-        "finished",
-        "loop",
-        "owner",
-        "pending",
-        "pipe_r",
-        "pipe_w",
-        "reading",
-        "src",
-        "total",
-        "writing",
-    )
-
-    def __init__(
-        self, owner: SpliceRelay, loop: asyncio.AbstractEventLoop, src: int, dst: int
-    ) -> None:
-        self.pending = 0
-        self.owner = owner
-        self.loop = loop
-        self.src = src
-        self.dst = dst
-        self.pipe_r, self.pipe_w, self.chunk = _take_pipe()
-        self.pending = 0
-        self.total = 0
-        self.eof = False
-        self.finished = False
-        self.reading = False
-        self.writing = False
-
-    def start(self) -> None:
-        self.loop.add_reader(self.src, self._readable)
-        self.reading = True
-
-    def _readable(self) -> None:
-        try:
-            n = os.splice(self.src, self.pipe_w, self.chunk, flags=_FLAGS)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.owner._fail(exc)
-            return
-        if n == 0:
-            self.eof = True
-            self._stop_reading()
-        else:
-            self.pending += n
-            self.total += n
-        self._flush()
-
-    def _writable(self) -> None:
-        self._flush()
-
-    def _flush(self) -> None:
-        while self.pending:
-            try:
-                n = os.splice(self.pipe_r, self.dst, self.pending, flags=_FLAGS)
-            except BlockingIOError:
-                if self.reading:
-                    self._stop_reading()
-                if not self.writing:
-                    self.loop.add_writer(self.dst, self._writable)
-                    self.writing = True
-                return
-            except OSError as exc:
-                self.owner._fail(exc)
-                return
-            self.pending -= n
-        if self.writing:
-            self.loop.remove_writer(self.dst)
-            self.writing = False
-        if self.eof:
-            self._finish()
-        elif not self.reading:
-            self.loop.add_reader(self.src, self._readable)
-            self.reading = True
-
-    def _stop_reading(self) -> None:
-        if self.reading:
-            self.loop.remove_reader(self.src)
-            self.reading = False
-
-    def _finish(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        with contextlib.suppress(OSError):
-            self.owner._socket(self.dst).shutdown(socket.SHUT_WR)
-        self.owner._direction_done()
-
-    def close(self) -> None:
-        self._stop_reading()
-        if self.writing:
-            self.loop.remove_writer(self.dst)
-            self.writing = False
-        if self.pipe_r >= 0:
-            _give_pipe(self.pipe_r, self.pipe_w, self.chunk, empty=self.pending == 0)
-        self.pipe_r = self.pipe_w = -1
-
-
-class SpliceRelay:
-    """Zero-copy relay between two connected non-blocking TCP sockets (see module doc)."""
-
-    def __init__(
-        self, client: socket.socket, upstream: socket.socket, watch: RelayWatch | None = None
-    ) -> None:
-        self.client = client
-        self.upstream = upstream
-        self.watch = watch or RelayWatch()
-        self._done: asyncio.Future[None] | None = None
-        self._dirs: tuple[_Direction, _Direction] | None = None
-        self._finished = 0
-        self.error: OSError | None = None
-        #: a side failed (reset, error): the other side is reset too, not closed
-        self.failed = False
-
-    def _socket(self, fd: int) -> socket.socket:
-        return self.client if fd == self.client.fileno() else self.upstream
-
-    def _fail(self, exc: OSError) -> None:
-        if self.error is None and exc.errno not in _GONE:
-            self.error = exc
-        self.failed = True
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
-
-    def _direction_done(self) -> None:
-        self._finished += 1
-        if self._finished == 2 and self._done is not None and not self._done.done():
-            self._done.set_result(None)
-
-    async def run(self) -> tuple[int, int]:
-        loop = asyncio.get_running_loop()
-        self._done = loop.create_future()
-        try:
-            cfd, ufd = self.client.fileno(), self.upstream.fileno()
-            up = _Direction(self, loop, cfd, ufd)
-            try:
-                down = _Direction(self, loop, ufd, cfd)
-            except OSError:
-                up.close()
-                raise
-            self._dirs = (up, down)
-            up.start()
-            down.start()
-            self.watch.start(loop, self._done, self.totals)
-            await self._done
-            return up.total, down.total
-        finally:
-            self.watch.stop(self.totals())
-            if self._dirs is not None:
-                for d in self._dirs:
-                    d.close()
-            if self.failed:
-                _abort(self.client, self.upstream)
-            self.client.close()
-            self.upstream.close()
-
-    def totals(self) -> tuple[int, int]:
-        if self._dirs is None:
-            return 0, 0
-        return self._dirs[0].total, self._dirs[1].total
-
-
-# -- CopyRelay ------------------------------------------------------------------------
-
-#: what a :class:`_Pump` waits for before it can go on
+#: what a pump waits for before it can go on
 _IDLE, _SRC_READABLE, _SRC_WRITABLE, _DST_WRITABLE, _DST_READABLE, _DONE = range(6)
 _WANT_READ = (BlockingIOError, InterruptedError, ssl.SSLWantReadError)
 _WANT_WRITE = (BlockingIOError, InterruptedError, ssl.SSLWantWriteError)
 
 
 class _End:
-    """One socket of a :class:`CopyRelay` and its loop registrations.
+    """One socket of a relay and its interest in the :class:`~atoll_gateway.poller.Poller`.
 
     ``outgoing`` reads from this socket, ``incoming`` writes to it; the socket
-    wants readability when ``outgoing`` waits to read (or ``incoming``'s TLS
-    write needs a read), writability in the mirror cases.
+    is watched for readability when ``outgoing`` waits to read (or
+    ``incoming``'s TLS write needs a read), for writability in the mirror cases.
     """
 
     __slots__ = (
         "fd",
         "incoming",
-        "loop",
         "outgoing",
         "pending",
-        "reader",
+        "poller",
         "recv_into",
         "send",
         "sock",
-        "writer",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        self.loop = loop
+    def __init__(self, poller: Poller, sock: socket.socket) -> None:
+        self.poller = poller
         self.sock = sock
         self.fd = sock.fileno()
         # the C methods, without ssl.SSLSocket's Python wrappers (a third of a
@@ -391,50 +154,35 @@ class _End:
         else:
             self.recv_into, self.send = sock.recv_into, sock.send
             self.pending = getattr(sock, "pending", None)
-        self.reader = False
-        self.writer = False
         self.outgoing: _Pump | None = None
         self.incoming: _Pump | None = None
 
     def sync(self) -> None:
         out, inc = self.outgoing, self.incoming
         assert out is not None and inc is not None
-        read = out.wait == _SRC_READABLE or inc.wait == _DST_READABLE
-        write = out.wait == _SRC_WRITABLE or inc.wait == _DST_WRITABLE
-        if read != self.reader:
-            if read:
-                self.loop.add_reader(self.fd, self._readable)
-            else:
-                self.loop.remove_reader(self.fd)
-            self.reader = read
-        if write != self.writer:
-            if write:
-                self.loop.add_writer(self.fd, self._writable)
-            else:
-                self.loop.remove_writer(self.fd)
-            self.writer = write
+        self.poller.watch(
+            self.fd,
+            self,
+            read=out.wait == _SRC_READABLE or inc.wait == _DST_READABLE,
+            write=out.wait == _SRC_WRITABLE or inc.wait == _DST_WRITABLE,
+        )
 
-    def _readable(self) -> None:
+    def readable(self) -> None:
         out, inc = self.outgoing, self.incoming
         if out is not None and out.wait == _SRC_READABLE:
             out.step()
         if inc is not None and inc.wait == _DST_READABLE:
             inc.step()
 
-    def _writable(self) -> None:
+    def writable(self) -> None:
         out, inc = self.outgoing, self.incoming
         if inc is not None and inc.wait == _DST_WRITABLE:
             inc.step()
         if out is not None and out.wait == _SRC_WRITABLE:
             out.step()
 
-    def unregister(self) -> None:
-        if self.reader:
-            self.loop.remove_reader(self.fd)
-            self.reader = False
-        if self.writer:
-            self.loop.remove_writer(self.fd)
-            self.writer = False
+    def forget(self) -> None:
+        self.poller.watch(self.fd, None, read=False, write=False)
 
     def half_close(self) -> None:
         """No more bytes to this socket: a FIN (for TLS too — see the module doc)."""
@@ -444,18 +192,15 @@ class _End:
 
 
 class _Pump:
-    """One direction of a :class:`CopyRelay`: read ``src`` into a buffer, send it to ``dst``."""
+    """One direction of a relay: ``step`` moves bytes from ``src`` to ``dst`` until
+    something would block, then sets ``wait`` to what it needs."""
 
-    __slots__ = ("buf", "dst", "owner", "pending", "src", "total", "view", "wait")
+    __slots__ = ("dst", "owner", "src", "total", "wait")
 
-    def __init__(self, owner: CopyRelay, src: _End, dst: _End, prefix: bytes) -> None:
+    def __init__(self, owner: _Relay, src: _End, dst: _End) -> None:
         self.owner = owner
         self.src = src
         self.dst = dst
-        self.buf = bytearray(BUFFER_SIZE)
-        self.view = memoryview(self.buf)
-        #: bytes read but not yet accepted by ``dst`` (same object retried for TLS)
-        self.pending: memoryview | None = memoryview(prefix) if prefix else None
         self.total = 0
         self.wait = _IDLE
         src.outgoing = self
@@ -467,8 +212,36 @@ class _Pump:
             self.src.sync()
             self.dst.sync()
 
+    def _eof(self) -> None:
+        self._set(_DONE)
+        self.dst.half_close()
+        self.owner.direction_done()
+
+    def _yield(self) -> None:
+        """A busy sender: let other connections run, then carry on."""
+        self._set(_IDLE)
+        asyncio.get_running_loop().call_soon(self.step)
+
     def step(self) -> None:
-        """Flush what is pending, then read and forward until something would block."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Give back what the pump holds (called once, when the relay ends)."""
+
+
+class _CopyPump(_Pump):
+    """Read into a buffer (decrypting, for TLS), send from it (encrypting)."""
+
+    __slots__ = ("buf", "pending", "view")
+
+    def __init__(self, owner: _Relay, src: _End, dst: _End, prefix: bytes) -> None:
+        super().__init__(owner, src, dst)
+        self.buf = bytearray(BUFFER_SIZE)
+        self.view = memoryview(self.buf)
+        #: bytes read but not yet accepted by ``dst`` (same object retried for TLS)
+        self.pending: memoryview | None = memoryview(prefix) if prefix else None
+
+    def step(self) -> None:
         if self.wait == _DONE or self.owner.closed:
             return
         if self.pending is not None and not self._flush():
@@ -490,9 +263,7 @@ class _Pump:
                 self.owner.fail(exc)
                 return
             if n == 0:
-                self._set(_DONE)
-                self.dst.half_close()
-                self.owner.direction_done()
+                self._eof()
                 return
             self.total += n
             self.pending = self.view[:n]
@@ -504,9 +275,7 @@ class _Pump:
                 # for a read that fails
                 self._set(_SRC_READABLE)
                 return
-        # a busy sender: let other connections run, then carry on
-        self._set(_IDLE)
-        src.loop.call_soon(self.step)
+        self._yield()
 
     def _flush(self) -> bool:
         """Send ``pending``; False when ``dst`` would block (the wait is set) or failed."""
@@ -529,25 +298,80 @@ class _Pump:
         return True
 
 
-class CopyRelay:
-    """Relay between two connected non-blocking sockets, plain or TLS (see module doc).
+class _SplicePump(_Pump):
+    """socket → pipe → socket with ``splice(2)``; the bytes never enter Python."""
 
-    TLS sockets must have completed their handshake. ``prefix`` is sent to the
-    upstream before anything relayed (a PROXY protocol header).
-    """
+    __slots__ = ("chunk", "pending", "pipe_r", "pipe_w")
+
+    def __init__(self, owner: _Relay, src: _End, dst: _End) -> None:
+        super().__init__(owner, src, dst)
+        self.pipe_r, self.pipe_w, self.chunk = _take_pipe()
+        #: bytes in the pipe, not yet spliced to ``dst``
+        self.pending = 0
+
+    def step(self) -> None:
+        if self.wait == _DONE or self.owner.closed:
+            return
+        if self.pending and not self._flush():
+            return
+        src_fd, pipe_w, chunk = self.src.fd, self.pipe_w, self.chunk
+        for _ in range(_BATCH):
+            try:
+                n = os.splice(src_fd, pipe_w, chunk, flags=_FLAGS)
+            except BlockingIOError:
+                self._set(_SRC_READABLE)
+                return
+            except OSError as exc:
+                self.owner.fail(exc)
+                return
+            if n == 0:
+                self._eof()
+                return
+            self.pending += n
+            self.total += n
+            if not self._flush():
+                return
+            if n < chunk:  # drained: wait rather than pay for a failing splice
+                self._set(_SRC_READABLE)
+                return
+        self._yield()
+
+    def _flush(self) -> bool:
+        while self.pending:
+            try:
+                n = os.splice(self.pipe_r, self.dst.fd, self.pending, flags=_FLAGS)
+            except BlockingIOError:
+                self._set(_DST_WRITABLE)
+                return False
+            except OSError as exc:
+                self.owner.fail(exc)
+                return False
+            self.pending -= n
+        return True
+
+    def release(self) -> None:
+        if self.pipe_r >= 0:
+            _give_pipe(self.pipe_r, self.pipe_w, self.chunk, empty=self.pending == 0)
+        self.pipe_r = self.pipe_w = -1
+
+
+# -- relays -----------------------------------------------------------------------------
+
+
+class _Relay:
+    """What both relays share: the run loop, failure and end-of-stream bookkeeping."""
 
     def __init__(
         self,
         client: socket.socket,
         upstream: socket.socket,
-        watch: RelayWatch | None = None,
-        *,
-        prefix: bytes = b"",
+        watch: RelayWatch | None,
+        on_finish: Callable[[], None] | None,
     ) -> None:
         self.client = client
         self.upstream = upstream
         self.watch = watch or RelayWatch()
-        self.prefix = prefix
+        self.on_finish = on_finish
         self.error: OSError | None = None
         self.closed = False
         #: a side failed (reset, error): the other side is reset too, not closed
@@ -555,6 +379,9 @@ class CopyRelay:
         self._done: asyncio.Future[None] | None = None
         self._pumps: tuple[_Pump, _Pump] | None = None
         self._finished = 0
+
+    def _make_pumps(self, client: _End, upstream: _End) -> tuple[_Pump, _Pump]:
+        raise NotImplementedError
 
     def fail(self, exc: OSError) -> None:
         if self.error is None and exc.errno not in _GONE and not _benign_tls(exc):
@@ -578,25 +405,79 @@ class CopyRelay:
         self._done = loop.create_future()
         ends: tuple[_End, _End] | None = None
         try:
-            ends = (_End(loop, self.client), _End(loop, self.upstream))
-            up = _Pump(self, ends[0], ends[1], self.prefix)
-            down = _Pump(self, ends[1], ends[0], b"")
-            self._pumps = (up, down)
+            p = poller(loop)
+            ends = (_End(p, self.client), _End(p, self.upstream))
+            self._pumps = self._make_pumps(*ends)
             self.watch.start(loop, self._done, self.totals)
-            up.step()
-            down.step()
+            for pump in self._pumps:
+                pump.step()
             await self._done
             return self.totals()
         finally:
             self.closed = True
             self.watch.stop(self.totals())
+            if self.on_finish is not None:
+                with contextlib.suppress(Exception):
+                    self.on_finish()
             if ends is not None:
                 for end in ends:
-                    end.unregister()
+                    end.forget()  # before the close: a recycled fd must not inherit it
+            if self._pumps is not None:
+                for pump in self._pumps:
+                    pump.release()
             if self.failed:
                 _abort(self.client, self.upstream)
             self.client.close()
             self.upstream.close()
+
+
+class SpliceRelay(_Relay):
+    """Zero-copy relay between two connected non-blocking TCP sockets (module doc)."""
+
+    def __init__(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        watch: RelayWatch | None = None,
+        *,
+        on_finish: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(client, upstream, watch, on_finish)
+
+    def _make_pumps(self, client: _End, upstream: _End) -> tuple[_Pump, _Pump]:
+        up = _SplicePump(self, client, upstream)
+        try:
+            return up, _SplicePump(self, upstream, client)
+        except OSError:
+            up.release()
+            raise
+
+
+class CopyRelay(_Relay):
+    """Relay between two connected non-blocking sockets, plain or TLS (module doc).
+
+    TLS sockets must have completed their handshake. ``prefix`` is sent to the
+    upstream before anything relayed (a PROXY protocol header); ``on_finish``
+    runs once the relay is over, while the sockets are still open (to keep a
+    TLS session for resumption).
+    """
+
+    def __init__(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        watch: RelayWatch | None = None,
+        *,
+        prefix: bytes = b"",
+        on_finish: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(client, upstream, watch, on_finish)
+        self.prefix = prefix
+
+    def _make_pumps(self, client: _End, upstream: _End) -> tuple[_Pump, _Pump]:
+        return _CopyPump(self, client, upstream, self.prefix), _CopyPump(
+            self, upstream, client, b""
+        )
 
 
 def _benign_tls(exc: OSError) -> bool:

@@ -6,7 +6,8 @@ non-blocking mode rather than asyncio SSL transports: the relay
 C call per chunk, and the same code runs on asyncio's loop and on uvloop
 (whose SSL transports stalled terminated connections). Only the handshake
 needs help from the loop: :func:`handshake` retries ``do_handshake`` each
-time the socket becomes readable or writable, as OpenSSL asks.
+time the socket becomes readable or writable, as OpenSSL asks (waiting on
+the :class:`~atoll_gateway.poller.Poller`, like the relays).
 
 * :func:`accept_tls` — server side of an accepted socket (terminating listener);
 * :func:`connect_tls` — client side to an endpoint or a peer gateway, with an
@@ -25,42 +26,23 @@ import socket
 import ssl
 
 from atoll_gateway.balancer import Endpoint
+from atoll_gateway.poller import poller
 
 __all__ = ["accept_tls", "connect_socket", "connect_tls", "handshake"]
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    if write:
-        loop.add_writer(fd, wake)
-    else:
-        loop.add_reader(fd, wake)
-    try:
-        await fut
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-
-
 async def handshake(tls: ssl.SSLSocket) -> None:
     """Complete the TLS handshake of a non-blocking ``SSLSocket``."""
-    loop = asyncio.get_running_loop()
+    waits = poller()
     fd = tls.fileno()
     while True:
         try:
             tls.do_handshake()
             return
         except ssl.SSLWantReadError:
-            await _ready(loop, fd, write=False)
+            await waits.wait(fd, write=False)
         except ssl.SSLWantWriteError:
-            await _ready(loop, fd, write=True)
+            await waits.wait(fd, write=True)
 
 
 async def accept_tls(sock: socket.socket, ctx: ssl.SSLContext) -> ssl.SSLSocket:

@@ -386,9 +386,16 @@ def main() -> int:
                 return
             hs: list[Result] = []
             as_: list[Result] = []
-            for _ in range(args.rounds):  # interleaved: drift on a shared box hits both
+            for i in range(args.rounds):  # interleaved: drift on a shared box hits both
                 hs.append(run_wrk(d, hurl, conns=c, seconds=secs, close=close, pids=hpids))
                 as_.append(run_wrk(d, aurl, conns=c, seconds=secs, close=close, pids=apids))
+                h, a = hs[-1], as_[-1]
+                print(
+                    f"  [{label} {i + 1}/{args.rounds}] HAProxy {h.rps:.0f} req/s "
+                    f"{h.per_cpu():.0f}/CPU-s, Atoll {a.rps:.0f} req/s {a.per_cpu():.0f}/CPU-s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             rows.append((label, median_result(hs), median_result(as_), unit))
 
         tls = f"https://{NAME}:{{}}/"

@@ -21,7 +21,8 @@ import pytest
 
 from atoll.aio import cancel_and_wait, spawn
 from atoll_gateway.balancer import Endpoint
-from atoll_gateway.relay import CopyRelay, RelayWatch, SpliceRelay
+from atoll_gateway.relay import CopyRelay, SpliceRelay
+from atoll_gateway.relaywatch import RelayWatch
 from atoll_gateway.testing import TestPki
 from atoll_gateway.tlsio import accept_tls, connect_socket, connect_tls
 from atoll_trust.tls import build_client_context, build_server_context

@@ -69,6 +69,7 @@ from atoll_trust.verify import BundleSource, VerifiedX509Svid, verify_x509_svid
 
 __all__ = [
     "Authorizer",
+    "authorize_verified",
     "build_client_context",
     "build_endpoint_context",
     "build_server_context",
@@ -167,7 +168,7 @@ def peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[x509.Certific
     return tuple(certs)
 
 
-def _authorize(
+def authorize_verified(
     verified: VerifiedX509Svid, expected: SpiffeId | None, authorize: Authorizer | None
 ) -> VerifiedX509Svid:
     if expected is not None and verified.spiffe_id != expected:
@@ -189,7 +190,7 @@ def verify_peer(
     if ssl_object is None:
         raise SvidVerificationError("connection is not TLS")
     verified = verify_x509_svid(peer_chain(ssl_object), bundles, now=now)
-    return _authorize(verified, expected, authorize)
+    return authorize_verified(verified, expected, authorize)
 
 
 def verify_grpc_peer(
@@ -209,4 +210,4 @@ def verify_grpc_peer(
     except CERTIFICATE_DECODE_ERRORS as exc:
         raise SvidVerificationError(f"gRPC peer certificate is malformed: {exc}") from exc
     verified = verify_x509_svid(chain, bundles, now=now)
-    return _authorize(verified, expected, authorize)
+    return authorize_verified(verified, expected, authorize)

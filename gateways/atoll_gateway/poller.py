@@ -1,0 +1,127 @@
+"""One private epoll set for every connection socket, watched by the event loop as one fd.
+
+Why not ``loop.add_reader``/``add_writer`` per socket:
+
+* **cost** — asyncio wraps each readiness event in a ``Handle``, queues it and
+  runs it through a ``Context``; a relay wakes up twice per request in each
+  direction, and that bookkeeping was a tenth of a terminated connection's
+  CPU. Here one loop callback drains every ready socket in a tight loop.
+* **uvloop** — uvloop gives each watched fd a libuv poll handle that is
+  closed *asynchronously* when the last interest goes; pausing and resuming a
+  socket (every back-pressure event, every handshake round trip) races that
+  close, and the gateway's terminated and egress connections stalled. With
+  this module uvloop only ever watches long-lived fds: listeners and this
+  epoll set.
+
+Semantics are the loop's: level-triggered, a callback per readable/writable
+socket, errors and hang-ups reported as both (the next read or write tells
+what happened). A socket with no interest left is removed from the set, so a
+hang-up cannot spin. One :class:`Poller` per event loop (:func:`poller`),
+created on first use and closed with the loop's last reference.
+
+Rules for users: unregister (``watch(fd, None, ...)``) *before* closing a
+socket — the kernel drops a closed fd from an epoll set only when every
+duplicate is gone, and a recycled fd number must not inherit a watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import weakref
+from typing import Protocol
+
+__all__ = ["Poller", "Watcher", "poller"]
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_ERR = select.EPOLLERR | select.EPOLLHUP
+_BATCH = 1024
+
+
+class Watcher(Protocol):
+    def readable(self) -> None: ...
+
+    def writable(self) -> None: ...
+
+
+class Poller:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._ep = select.epoll()
+        self._watchers: dict[int, Watcher] = {}
+        self._masks: dict[int, int] = {}
+        loop.add_reader(self._ep.fileno(), self._dispatch)
+
+    def __len__(self) -> int:
+        return len(self._watchers)
+
+    def watch(self, fd: int, watcher: Watcher | None, *, read: bool, write: bool) -> None:
+        """Set ``fd``'s interest (``watcher=None`` or neither: forget the fd)."""
+        mask = (_IN if read else 0) | (_OUT if write else 0)
+        old = self._masks.get(fd, 0)
+        if watcher is None or mask == 0:
+            if old:
+                self._ep.unregister(fd)
+                del self._masks[fd]
+                del self._watchers[fd]
+            return
+        self._watchers[fd] = watcher
+        if mask == old:
+            return
+        if old:
+            self._ep.modify(fd, mask)
+        else:
+            self._ep.register(fd, mask)
+        self._masks[fd] = mask
+
+    def _dispatch(self) -> None:
+        try:
+            events = self._ep.poll(0, _BATCH)
+        except InterruptedError:
+            return
+        watchers = self._watchers
+        for fd, ev in events:
+            w = watchers.get(fd)
+            if w is None:  # unregistered by an earlier callback of this batch
+                continue
+            if ev & (_IN | _ERR):
+                w.readable()
+                if ev & (_OUT | _ERR) and watchers.get(fd) is w:
+                    w.writable()
+            elif ev & _OUT:
+                w.writable()
+
+    async def wait(self, fd: int, *, write: bool) -> None:
+        """Until ``fd`` is readable (or writable); for one-off waits such as handshakes."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = _Once(fut)
+        self.watch(fd, waiter, read=not write, write=write)
+        try:
+            await fut
+        finally:
+            self.watch(fd, None, read=False, write=False)
+
+
+class _Once:
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: asyncio.Future[None]) -> None:
+        self.fut = fut
+
+    def readable(self) -> None:
+        if not self.fut.done():
+            self.fut.set_result(None)
+
+    writable = readable
+
+
+_POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Poller] = weakref.WeakKeyDictionary()
+
+
+def poller(loop: asyncio.AbstractEventLoop | None = None) -> Poller:
+    """The running loop's poller (created on first use)."""
+    loop = loop or asyncio.get_running_loop()
+    p = _POLLERS.get(loop)
+    if p is None:
+        p = _POLLERS[loop] = Poller(loop)
+    return p
