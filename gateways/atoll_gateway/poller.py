@@ -27,11 +27,15 @@ duplicate is gone, and a recycled fd number must not inherit a watcher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import select
 import weakref
 from typing import Protocol
 
 __all__ = ["Poller", "Watcher", "poller"]
+
+log = logging.getLogger("atoll.gateway.poller")
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -43,6 +47,9 @@ class Watcher(Protocol):
     def readable(self) -> None: ...
 
     def writable(self) -> None: ...
+
+    def crashed(self, exc: Exception) -> None:
+        """A callback raised: end whatever this fd belongs to (the fd is already forgotten)."""
 
 
 class Poller:
@@ -61,18 +68,17 @@ class Poller:
         old = self._masks.get(fd, 0)
         if watcher is None or mask == 0:
             if old:
-                self._ep.unregister(fd)
                 del self._masks[fd]
                 del self._watchers[fd]
+                self._ep.unregister(fd)
             return
+        if mask != old:  # the kernel first: a refused fd leaves no entry behind
+            if old:
+                self._ep.modify(fd, mask)
+            else:
+                self._ep.register(fd, mask)
+            self._masks[fd] = mask
         self._watchers[fd] = watcher
-        if mask == old:
-            return
-        if old:
-            self._ep.modify(fd, mask)
-        else:
-            self._ep.register(fd, mask)
-        self._masks[fd] = mask
 
     def _dispatch(self) -> None:
         try:
@@ -84,15 +90,24 @@ class Poller:
             w = watchers.get(fd)
             if w is None:  # unregistered by an earlier callback of this batch
                 continue
-            if ev & (_IN | _ERR):
-                w.readable()
-                if ev & (_OUT | _ERR) and watchers.get(fd) is w:
+            try:
+                if ev & (_IN | _ERR):
+                    w.readable()
+                    if ev & (_OUT | _ERR) and watchers.get(fd) is w:
+                        w.writable()
+                elif ev & _OUT:
                     w.writable()
-            elif ev & _OUT:
-                w.writable()
+            except Exception as exc:  # a bug in one connection must not stall the others
+                log.exception("poller callback failed", extra={"fd": fd})
+                with contextlib.suppress(Exception):
+                    self.watch(fd, None, read=False, write=False)
+                    w.crashed(exc)
 
     async def wait(self, fd: int, *, write: bool) -> None:
-        """Until ``fd`` is readable (or writable); for one-off waits such as handshakes."""
+        """Until ``fd`` is readable (or writable); for one-off waits such as handshakes.
+
+        It takes the fd over for the wait and forgets it afterwards: never on an
+        fd a relay is watching."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = _Once(fut)
         self.watch(fd, waiter, read=not write, write=write)
@@ -113,6 +128,10 @@ class _Once:
             self.fut.set_result(None)
 
     writable = readable
+
+    def crashed(self, exc: Exception) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(exc)
 
 
 _POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Poller] = weakref.WeakKeyDictionary()

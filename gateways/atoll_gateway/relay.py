@@ -181,6 +181,11 @@ class _End:
         if out is not None and out.wait == _SRC_WRITABLE:
             out.step()
 
+    def crashed(self, exc: Exception) -> None:
+        owner = self.outgoing.owner if self.outgoing is not None else None
+        if owner is not None:
+            owner.crash(exc)
+
     def forget(self) -> None:
         self.poller.watch(self.fd, None, read=False, write=False)
 
@@ -389,6 +394,10 @@ class _Relay:
         self.closed = self.failed = True  # both pumps stop at once
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
+
+    def crash(self, exc: Exception) -> None:
+        """A bug, not a network event: end the connection (reset), keep the error."""
+        self.fail(exc if isinstance(exc, OSError) else OSError(f"{type(exc).__name__}: {exc}"))
 
     def direction_done(self) -> None:
         self._finished += 1

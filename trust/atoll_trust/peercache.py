@@ -21,7 +21,9 @@ Why reuse is sound: the same DER is the same certificate, already verified
 against the same anchors; the TLS handshake (full or resumed from a session
 that was itself authenticated with this certificate) proves possession of its
 key. The cache is bounded (least recently used entries go first); a resumed
-session whose leaf was evicted falls back to verifying what the session holds.
+session whose leaf was evicted is verified from the leaf alone, which works
+when a bundle authority signed the leaf directly (Atoll's cluster CAs do) and
+otherwise refuses the connection — the client's next, full handshake passes.
 """
 
 from __future__ import annotations
@@ -64,10 +66,12 @@ class PeerVerifier:
         if not leaf:
             raise SvidVerificationError("peer presented no certificate")
         hit = self._cache.get(leaf)
-        if hit is not None and hit[1] > now:
-            self._cache.move_to_end(leaf)
-            self.hits += 1
-            return authorize_verified(hit[0], expected, authorize)
+        if hit is not None:
+            if hit[1] > now:
+                self._cache.move_to_end(leaf)
+                self.hits += 1
+                return authorize_verified(hit[0], expected, authorize)
+            del self._cache[leaf]  # expired
         self.misses += 1
         verified = verify_peer(ssl_object, self.bundles, now=now)
         self._cache[leaf] = (verified, min(c.not_valid_after_utc for c in verified.chain))
