@@ -59,6 +59,7 @@ async def _open_gateway(
     session = rt.identity.session(_peer_key(target, ep))
     async with asyncio.timeout(rt.config.connect_timeout + rt.config.handshake_timeout):
         tls = await connect_tls(ep, ctx, sni, session=session)
+    metrics.TLS_HANDSHAKES.labels(LISTENER, "client", str(tls.session_reused).lower()).inc()
     try:
         rt.identity.verifier.verify(
             tls, now=rt.clock(), expected=component_id(rt.federation, target.cluster, "gateway")

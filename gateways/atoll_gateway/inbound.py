@@ -119,6 +119,7 @@ async def _open_endpoint(rt: Runtime, ep: Endpoint, svc: InboundService) -> sock
         if not svc.route.upstream_tls:
             return await connect_socket(ep)
         tls = await connect_tls(ep, rt.identity.client_context(own), ep.host)
+    metrics.TLS_HANDSHAKES.labels(LISTENER, "client", str(tls.session_reused).lower()).inc()
     try:
         rt.identity.verifier.verify(
             tls, now=rt.clock(), authorize=lambda peer: peer.trust_domain == own
@@ -149,6 +150,7 @@ async def _terminate(
         raise ClientHelloError("tls_timeout", "TLS handshake timed out") from exc
     except (ssl.SSLError, OSError) as exc:
         raise ClientHelloError("tls_error", f"TLS handshake: {exc}") from exc
+    metrics.TLS_HANDSHAKES.labels(LISTENER, "server", str(client.session_reused).lower()).inc()
     try:
         try:
             verified = rt.identity.verifier.verify(client, now=rt.clock())

@@ -26,6 +26,7 @@ __all__ = [
     "HANDSHAKE_FAILURES",
     "REFUSED",
     "ROUTE_FAILURES",
+    "TLS_HANDSHAKES",
     "UPSTREAM_CONNECT_SECONDS",
     "UPSTREAM_FAILURES",
 ]
@@ -47,6 +48,11 @@ HANDSHAKE_FAILURES = Counter(
     "atoll_gateway_handshake_failures_total",
     "Connections refused before relaying: bad ClientHello, TLS failure, peer not allowed",
     ["listener", "reason"],
+)
+TLS_HANDSHAKES = Counter(
+    "atoll_gateway_tls_handshakes_total",
+    "Completed TLS handshakes (role: server | client; resumed: a session ticket was used)",
+    ["listener", "role", "resumed"],
 )
 ROUTE_FAILURES = Counter(
     "atoll_gateway_route_failures_total", "Server names that route nowhere", ["reason"]

@@ -252,7 +252,8 @@ class _CopyPump(_Pump):
         if self.pending is not None and not self._flush():
             return
         src = self.src
-        recv_into, buf = src.recv_into, self.buf
+        recv_into, buf, view = src.recv_into, self.buf, self.view
+        send, tls_pending = self.dst.send, src.pending
         for _ in range(_BATCH):
             try:
                 n = recv_into(buf)
@@ -271,14 +272,22 @@ class _CopyPump(_Pump):
                 self._eof()
                 return
             self.total += n
-            self.pending = self.view[:n]
-            if not self._flush():
-                return
-            if n < BUFFER_SIZE and not (src.pending is not None and src.pending()):
+            chunk = view[:n]
+            # the common case inline (all of it sent at once); the rest in _flush
+            try:
+                sent = send(chunk)
+            except OSError:  # would block, TLS wants the other readiness, or failed
+                sent = 0
+            if sent < n:
+                self.pending = chunk[sent:] if sent else chunk
+                if not self._flush():
+                    return
+            if n < BUFFER_SIZE and (tls_pending is None or not tls_pending()):
                 # a short read drained the socket (a TLS read returns one record, and
                 # a full record fills the buffer): wait for readiness rather than pay
                 # for a read that fails
-                self._set(_SRC_READABLE)
+                if self.wait != _SRC_READABLE:
+                    self._set(_SRC_READABLE)
                 return
         self._yield()
 

@@ -16,19 +16,23 @@ Scenarios, each run once against HAProxy and once against Atoll in the same run:
   full TLS handshake with nginx per request) and bulk (64 MiB downloads);
 * **termination** — the gateway-to-gateway path: wrk → plain HTTP to an egress
   → mTLS between two proxies (client certificate verified) → plain HTTP to
-  nginx. HAProxy: one frontend originating ``ssl crt`` with ``verify
-  required``, one terminating with ``ca-file``/``verify required``; Atoll: the
-  ``west`` egress and the ``east`` terminating gateway (SPIFFE verification
-  against the peer's own bundle and the allow policy). Keep-alive and new
-  connections.
+  nginx. Each side deploys one proxy per cluster, as a federation would:
+  HAProxy ``west`` originates ``ssl crt`` with ``verify required`` (session
+  reuse on, its default), HAProxy ``east`` terminates with
+  ``ca-file``/``verify required``; Atoll's ``west`` egress and ``east``
+  terminating gateway (SPIFFE verification against the peer's own bundle and
+  the allow policy, session resumption). Keep-alive and new connections.
 * **churn** — new connections for a while, then the gateway's open fds are
   compared with before (the uvloop + splice fd leak of the peer baselines).
 
 Each figure is printed with the ratio Atoll / HAProxy. On 2 shared cores the
 backend and wrk saturate the machine, so requests/s tend to equalise; the
 figure that separates proxies is **work per proxy CPU-second** (CPU read from
-/proc for the proxy processes only — HAProxy's one process, Atoll's gateway
-processes). Proxies are pinned to CPU 0, nginx and wrk to CPU 1.
+/proc for the proxy processes only — both sides' two processes). Proxies are
+pinned to CPU 0, nginx and wrk to CPU 1. Runs alternate HAProxy / Atoll
+``--rounds`` times and the median of each side is shown: the throughput of
+this shared box drifts several-fold between minutes, and interleaving puts
+both sides in the same weather.
 
 Figures from one run on a shared 2-core machine (asyncio loop, splice relay,
 5 s per run; ratios Atoll / HAProxy, requests/s then work per proxy CPU-second):
@@ -159,7 +163,7 @@ http {{
 }}
 """
 
-HAPROXY_CONF = """global
+_HAPROXY_GLOBAL = """global
     nbthread 1
     maxconn 8000
     log stdout format raw local0 err
@@ -168,7 +172,12 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
-frontend fe_sni
+"""
+
+#: the gateway of cluster east: SNI passthrough and mTLS termination
+HAPROXY_EAST = (
+    _HAPROXY_GLOBAL
+    + """frontend fe_sni
     bind {host}:{haproxy}
     tcp-request inspect-delay 5s
     tcp-request content accept if {{ req_ssl_hello_type 1 }}
@@ -181,12 +190,19 @@ frontend fe_term
     default_backend be_plain
 backend be_plain
     server plain {nginx}:{nginx_plain}
-frontend fe_egress
+"""
+)
+
+#: the egress of cluster west: plain in, mTLS to east's gateway out
+HAPROXY_WEST = (
+    _HAPROXY_GLOBAL
+    + """frontend fe_egress
     bind {egress}:{haproxy_egress}
     default_backend be_east
 backend be_east
     server east {server_east}
 """
+)
 
 
 @dataclass
@@ -265,6 +281,20 @@ def _listening(host: str, port: int) -> bool:
     return False
 
 
+def handshake_counts(exposition: str) -> dict[str, float]:
+    """Terminating handshakes by kind (``resumed`` / ``full``) from a /metrics page."""
+    counts: dict[str, float] = {}
+    for line in exposition.splitlines():
+        if (
+            not line.startswith("atoll_gateway_tls_handshakes_total{")
+            or 'role="server"' not in line
+        ):
+            continue
+        key = "resumed" if 'resumed="true"' in line else "full"
+        counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def fd_count(pid: int, admin: str) -> int:
     """Open fds of the gateway, less the idle pipes it pools on purpose."""
     _, body = http_get(f"http://{admin}/v1/status")
@@ -292,6 +322,19 @@ def main() -> int:
                 f"{tool} not found: apt-get install haproxy nginx wrk util-linux", file=sys.stderr
             )
             return 2
+    busy = [
+        f"{host}:{port}"
+        for host in (HOST, EGRESS, NGINX)
+        for port in sorted(set(PORTS.values()))
+        if _listening(host, port)
+    ]
+    if busy:  # a previous run still alive would answer for ours and skew every figure
+        print(
+            f"already listening: {', '.join(busy)} — is another benchmark running? "
+            "(pkill -f tests.bench._gateway_child; pkill haproxy; pkill nginx)",
+            file=sys.stderr,
+        )
+        return 2
     d = Path(tempfile.mkdtemp(prefix="atoll-bench-gw-"))
     d.chmod(0o755)  # nginx workers run as an unprivileged user
     procs: list[ServerProcess] = []
@@ -318,7 +361,8 @@ def main() -> int:
             **PORTS,
         )
         (d / "nginx.conf").write_text(NGINX_CONF.format(**fmt))
-        (d / "haproxy.cfg").write_text(HAPROXY_CONF.format(**fmt))
+        (d / "haproxy-east.cfg").write_text(HAPROXY_EAST.format(**fmt))
+        (d / "haproxy-west.cfg").write_text(HAPROXY_WEST.format(**fmt))
         (d / "plan.json").write_text(
             json.dumps(
                 {
@@ -341,12 +385,15 @@ def main() -> int:
             log_path=d / "nginx.log",
             cwd=d,
         ).start()
-        haproxy = ServerProcess(
-            "haproxy",
-            ["taskset", "-c", "0", "haproxy", "-f", str(d / "haproxy.cfg")],
-            log_path=d / "haproxy.log",
-            cwd=d,
-        ).start()
+        haproxy, haproxy_west = (
+            ServerProcess(
+                f"haproxy-{side}",
+                ["taskset", "-c", "0", "haproxy", "-f", str(d / f"haproxy-{side}.cfg")],
+                log_path=d / f"haproxy-{side}.log",
+                cwd=d,
+            ).start()
+            for side in ("east", "west")
+        )
         py = [sys.executable, "-m", "tests.bench._gateway_child", str(d)]
         east = ServerProcess(
             "atoll-east",
@@ -360,7 +407,7 @@ def main() -> int:
             log_path=d / "west.log",
             cwd=Path.cwd(),
         ).start()
-        procs += [nginx, haproxy, east, west]
+        procs += [nginx, haproxy, haproxy_west, east, west]
         for p, url in (
             (east, f"http://{HOST}:{PORTS['east_admin']}/readyz"),
             (west, f"http://{EGRESS}:{PORTS['west_admin']}/readyz"),
@@ -369,13 +416,16 @@ def main() -> int:
         for p, port in ((nginx, PORTS["nginx_tls"]), (haproxy, PORTS["haproxy"])):
             host = NGINX if p is nginx else HOST
             p.wait_until(lambda h=host, o=port: _listening(h, o), "listening", 15)  # type: ignore[misc]
-        hpids, apids = [haproxy.pid], [east.pid, west.pid]
+        haproxy_west.wait_until(
+            lambda: _listening(EGRESS, PORTS["haproxy_egress"]), "listening", 15
+        )
+        hpids, apids = [haproxy.pid, haproxy_west.pid], [east.pid, west.pid]
         fds_start = fd_count(east.pid, f"{HOST}:{PORTS['east_admin']}")
         secs, conns = args.duration, args.connections
         print(
             f"gateway benchmark: loop={args.loop} relay={args.relay} {secs:.0f}s per run, "
             f"median of {args.rounds} interleaved runs per side, "
-            f"{conns} connections; ratios are Atoll / HAProxy 2.6 (nbthread 1)"
+            f"{conns} connections; ratios are Atoll / HAProxy 2.6 (nbthread 1, one per cluster)"
         )
         rows: list[tuple[str, Result, Result, str]] = []
 
@@ -458,6 +508,14 @@ def main() -> int:
                 f"{label:26} {hv:>22} {av:>22} {ratio:5.2f}x | {hc:17.0f} {ac:10.0f} "
                 f"{ac / hc if hc else float('nan'):5.2f}x | {h.p99_ms:6.1f} / {a.p99_ms:6.1f}   "
                 f"{h.errors}/{a.errors}"
+            )
+
+        _, metrics_body = http_get(f"http://{HOST}:{PORTS['east_admin']}/metrics")
+        handshakes = handshake_counts(metrics_body.decode())
+        if handshakes:
+            print(
+                "east gateway TLS handshakes as server: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in sorted(handshakes.items()))
             )
 
         # churn with an fd-leak check (the gateway under connection churn)
