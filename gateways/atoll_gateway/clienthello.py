@@ -78,6 +78,12 @@ def _bad(message: str) -> ClientHelloError:
 
 
 class _Reader:
+    """A bounded cursor over ``data[pos:end]``; every read checks the bound.
+
+    Hot path (every new connection): lengths are read by indexing, and error
+    texts are only formatted when an error is raised.
+    """
+
     __slots__ = ("data", "end", "pos")
 
     def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
@@ -89,22 +95,41 @@ class _Reader:
         return self.end - self.pos
 
     def take(self, n: int, what: str) -> bytes:
-        if n > self.left():
+        pos = self.pos
+        if pos + n > self.end:
             raise _bad(f"{what} runs past its enclosing structure")
-        out = self.data[self.pos : self.pos + n]
+        self.pos = pos + n
+        return self.data[pos : pos + n]
+
+    def skip(self, n: int, what: str) -> None:
+        if self.pos + n > self.end:
+            raise _bad(f"{what} runs past its enclosing structure")
         self.pos += n
-        return out
 
     def uint(self, n: int, what: str) -> int:
-        return int.from_bytes(self.take(n, what), "big")
+        pos, data = self.pos, self.data
+        if pos + n > self.end:
+            raise _bad(f"{what} runs past its enclosing structure")
+        self.pos = pos + n
+        if n == 1:
+            return data[pos]
+        if n == 2:
+            return (data[pos] << 8) | data[pos + 1]
+        return int.from_bytes(data[pos : pos + n], "big")
 
     def vector(self, len_bytes: int, what: str, lo: int = 0, hi: int | None = None) -> _Reader:
-        n = self.uint(len_bytes, f"{what} length")
+        pos, data = self.pos, self.data
+        start = pos + len_bytes
+        if start > self.end:
+            raise _bad(f"{what} length runs past its enclosing structure")
+        n = data[pos] if len_bytes == 1 else int.from_bytes(data[pos:start], "big")
         if n < lo or (hi is not None and n > hi):
             raise _bad(f"{what} length {n} outside {lo}..{hi}")
-        start = self.pos
-        self.take(n, what)
-        return _Reader(self.data, start, start + n)
+        stop = start + n
+        if stop > self.end:
+            raise _bad(f"{what} runs past its enclosing structure")
+        self.pos = stop
+        return _Reader(data, start, stop)
 
 
 def _reassemble(data: bytes, max_size: int) -> tuple[bytes, int] | NeedMore:
@@ -182,7 +207,7 @@ def parse_client_hello(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Clie
     version = r.uint(2, "legacy_version")
     if version >> 8 != 3:
         raise _bad(f"legacy_version {version:#06x} is not TLS")
-    r.take(32, "random")
+    r.skip(32, "random")
     r.vector(1, "legacy_session_id", 0, 32)
     suites = r.vector(2, "cipher_suites", 2, (1 << 16) - 2)
     if suites.left() % 2:
@@ -195,16 +220,23 @@ def parse_client_hello(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Clie
         if r.left():
             raise _bad("trailing bytes after the extensions")
         seen: set[int] = set()
-        while exts.left():
-            ext_type = exts.uint(2, "extension type")
-            ext = exts.vector(2, f"extension {ext_type}")
+        data, pos, end = message, exts.pos, exts.end
+        while pos < end:  # ~15 extensions per hello: indexed, no cursor per extension
+            if pos + 4 > end:
+                raise _bad("extension header runs past its enclosing structure")
+            ext_type = (data[pos] << 8) | data[pos + 1]
+            start = pos + 4
+            stop = start + ((data[pos + 2] << 8) | data[pos + 3])
+            if stop > end:
+                raise _bad(f"extension {ext_type} runs past its enclosing structure")
             if ext_type in seen:
                 raise _bad(f"extension {ext_type} appears twice")
             seen.add(ext_type)
             if ext_type == _EXT_SERVER_NAME:
-                server_name = _server_name(ext)
+                server_name = _server_name(_Reader(data, start, stop))
             elif ext_type == _EXT_ALPN:
-                alpn = _alpn(ext)
+                alpn = _alpn(_Reader(data, start, stop))
+            pos = stop
     return ClientHello(server_name=server_name, alpn=alpn, legacy_version=version, size=size)
 
 

@@ -59,7 +59,7 @@ async def _open_gateway(
     session = rt.identity.session(_peer_key(target, ep))
     async with asyncio.timeout(rt.config.connect_timeout + rt.config.handshake_timeout):
         tls = await connect_tls(ep, ctx, sni, session=session)
-    metrics.TLS_HANDSHAKES.labels(LISTENER, "client", str(tls.session_reused).lower()).inc()
+    metrics.count_handshake(LISTENER, "client", tls.session_reused)
     try:
         rt.identity.verifier.verify(
             tls, now=rt.clock(), expected=component_id(rt.federation, target.cluster, "gateway")
@@ -125,8 +125,8 @@ async def handle_egress(rt: Runtime, listen: Endpoint, sock: socket.socket, clie
             raise UpstreamError("no_route", f"no egress route on {listen} any more")
         rec.service = f"{route.key}:{route.port.port}"
         upstream, peer = await _connect(rt, rec, route)
-        metrics.CONNECTIONS.labels(
-            LISTENER, rec.source_cluster, rec.destination_cluster, "egress"
+        metrics.child(
+            metrics.CONNECTIONS, LISTENER, rec.source_cluster, rec.destination_cluster, "egress"
         ).inc()
         handed_over = True
         on_finish = None

@@ -37,8 +37,8 @@ async def forward(
     ``on_finish`` runs when the relay ends, before the sockets close (TLS relays only).
     """
     labels = (rec.listener, rec.source_cluster, rec.destination_cluster)
-    to_upstream = metrics.BYTES.labels(*labels, "to_upstream")
-    to_client = metrics.BYTES.labels(*labels, "to_client")
+    to_upstream = metrics.child(metrics.BYTES, *labels, "to_upstream")
+    to_client = metrics.child(metrics.BYTES, *labels, "to_client")
 
     def progress(up: int, down: int) -> None:
         to_upstream.inc(up)
@@ -52,7 +52,7 @@ async def forward(
         relay = SpliceRelay(client, upstream, watch)
     else:
         relay = CopyRelay(client, upstream, watch, prefix=prefix, on_finish=on_finish)
-    active = metrics.ACTIVE.labels(*labels)
+    active = metrics.child(metrics.ACTIVE, *labels)
     active.inc()
     try:
         rec.bytes_to_upstream, rec.bytes_to_client = await relay.run()

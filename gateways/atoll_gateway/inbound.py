@@ -106,8 +106,8 @@ async def _passthrough(
         connect=connect,
     )
     rec.upstream = str(ep)
-    metrics.CONNECTIONS.labels(
-        LISTENER, rec.source_cluster, rec.destination_cluster, "passthrough"
+    metrics.child(
+        metrics.CONNECTIONS, LISTENER, rec.source_cluster, rec.destination_cluster, "passthrough"
     ).inc()
     await forward(rt, rec, conn.take(), upstream)
 
@@ -119,7 +119,7 @@ async def _open_endpoint(rt: Runtime, ep: Endpoint, svc: InboundService) -> sock
         if not svc.route.upstream_tls:
             return await connect_socket(ep)
         tls = await connect_tls(ep, rt.identity.client_context(own), ep.host)
-    metrics.TLS_HANDSHAKES.labels(LISTENER, "client", str(tls.session_reused).lower()).inc()
+    metrics.count_handshake(LISTENER, "client", tls.session_reused)
     try:
         rt.identity.verifier.verify(
             tls, now=rt.clock(), authorize=lambda peer: peer.trust_domain == own
@@ -150,7 +150,7 @@ async def _terminate(
         raise ClientHelloError("tls_timeout", "TLS handshake timed out") from exc
     except (ssl.SSLError, OSError) as exc:
         raise ClientHelloError("tls_error", f"TLS handshake: {exc}") from exc
-    metrics.TLS_HANDSHAKES.labels(LISTENER, "server", str(client.session_reused).lower()).inc()
+    metrics.count_handshake(LISTENER, "server", client.session_reused)
     try:
         try:
             verified = rt.identity.verifier.verify(client, now=rt.clock())
@@ -180,8 +180,8 @@ async def _terminate(
             connect=lambda e: _open_endpoint(rt, e, svc),
         )
         rec.upstream = str(ep)
-        metrics.CONNECTIONS.labels(
-            LISTENER, rec.source_cluster, rec.destination_cluster, "terminate"
+        metrics.child(
+            metrics.CONNECTIONS, LISTENER, rec.source_cluster, rec.destination_cluster, "terminate"
         ).inc()
         await forward(rt, rec, client, connected, prefix=header)
     finally:
@@ -211,10 +211,10 @@ async def handle_inbound(rt: Runtime, sock: socket.socket, client: str) -> None:
         else:
             await _terminate(rt, rec, conn, svc, port.port, hello)
     except ClientHelloError as exc:
-        metrics.HANDSHAKE_FAILURES.labels(LISTENER, exc.reason).inc()
+        metrics.child(metrics.HANDSHAKE_FAILURES, LISTENER, exc.reason).inc()
         rec.fail(exc.reason, str(exc))
     except RouteError as exc:
-        metrics.ROUTE_FAILURES.labels(exc.reason).inc()
+        metrics.child(metrics.ROUTE_FAILURES, exc.reason).inc()
         rec.fail(exc.reason, str(exc))
         if not conn.handed_over:
             _send(sock, tls_alert("unrecognized_name"))

@@ -60,6 +60,7 @@ class Listener:
         self.listener = listener
         self.refusal = refusal
         self.address: tuple[str, int] = sock.getsockname()[:2]
+        self._family, self._type = int(sock.family), int(sock.type) & ~socket.SOCK_NONBLOCK
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -71,7 +72,7 @@ class Listener:
         rt = self.runtime
         for _ in range(_BATCH):
             try:
-                conn, addr = self.sock.accept()
+                conn, addr = self._accept_one()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: try again on the next wake-up
@@ -95,6 +96,12 @@ class Listener:
             task = spawn(self.handler(conn, f"{addr[0]}:{addr[1]}"), name=f"{self.name}-conn")
             rt.connections.add(task)
             task.add_done_callback(rt.connections.discard)
+
+    def _accept_one(self) -> tuple[socket.socket, tuple[str, int]]:
+        """``socket.accept`` without its per-call enum conversions of family and type
+        (a few percent of a passthrough connection's CPU)."""
+        fd, addr = self.sock._accept()  # type: ignore[attr-defined]
+        return socket.socket(self._family, self._type, 0, fileno=fd), addr
 
     def close(self) -> None:
         if self._loop is not None and self.sock.fileno() >= 0:

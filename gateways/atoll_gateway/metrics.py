@@ -15,7 +15,10 @@ chunk, which splice could not afford).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = [
     "ACTIVE",
@@ -29,6 +32,8 @@ __all__ = [
     "TLS_HANDSHAKES",
     "UPSTREAM_CONNECT_SECONDS",
     "UPSTREAM_FAILURES",
+    "child",
+    "count_handshake",
 ]
 
 _PAIR = ("listener", "source_cluster", "destination_cluster")
@@ -77,3 +82,23 @@ UPSTREAM_CONNECT_SECONDS = Histogram(
     ["listener"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+
+
+M = TypeVar("M", bound=MetricWrapperBase)
+_CHILDREN: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
+
+
+def child(metric: M, *labels: str) -> M:
+    """``metric.labels(*labels)``, remembered: the per-connection paths ask for the same
+    few children over and over, and ``labels()`` takes a lock and builds keys each time.
+    Label values here are bounded (listeners, clusters, reasons), so is this cache."""
+    key = (id(metric), labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found  # type: ignore[return-value]
+
+
+def count_handshake(listener: str, role: str, resumed: bool | None) -> None:
+    """One completed handshake (``resumed``: ``SSLSocket.session_reused``)."""
+    child(TLS_HANDSHAKES, listener, role, "true" if resumed else "false").inc()

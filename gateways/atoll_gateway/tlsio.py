@@ -22,6 +22,10 @@ The caller bounds the time with ``asyncio.timeout``.
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
+import ipaddress
+import os
 import socket
 import ssl
 
@@ -60,15 +64,42 @@ async def accept_tls(sock: socket.socket, ctx: ssl.SSLContext) -> ssl.SSLSocket:
     return tls
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip_version(host: str) -> int:
+    """4 or 6 for an IP address literal, 0 for a host name."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return 0
+
+
 async def connect_socket(endpoint: Endpoint) -> socket.socket:
-    """A connected non-blocking TCP socket with Nagle off."""
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    """A connected non-blocking TCP socket with Nagle off.
+
+    An IP address connects through the :class:`~atoll_gateway.poller.Poller`
+    (no per-fd loop registration); a host name goes through the loop, which
+    resolves it without blocking.
+    """
+    try:
+        ip = ipaddress.ip_address(endpoint.host)
+    except ValueError:
+        ip = None
+    family = (
+        socket.AF_INET6 if (ip.version == 6 if ip else ":" in endpoint.host) else socket.AF_INET
+    )
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await loop.sock_connect(sock, (endpoint.host, endpoint.port))
+        if ip == 0:
+            await asyncio.get_running_loop().sock_connect(sock, (endpoint.host, endpoint.port))
+            return sock
+        err = sock.connect_ex((endpoint.host, endpoint.port))
+        if err in (errno.EINPROGRESS, errno.EAGAIN):
+            await poller().wait(sock.fileno(), write=True)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, f"connect to {endpoint}: {os.strerror(err)}")
     except BaseException:
         sock.close()
         raise

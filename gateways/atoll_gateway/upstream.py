@@ -62,11 +62,13 @@ async def connect_first(
             result = await connect(ep)
         except CONNECT_ERRORS as exc:
             last = exc
-            metrics.UPSTREAM_FAILURES.labels(listener, destination, _reason(exc)).inc()
+            metrics.child(metrics.UPSTREAM_FAILURES, listener, destination, _reason(exc)).inc()
             if balancer.failure(ep):
                 metrics.EJECTIONS.inc()
             continue
-        metrics.UPSTREAM_CONNECT_SECONDS.labels(listener).observe(time.perf_counter() - started)
+        metrics.child(metrics.UPSTREAM_CONNECT_SECONDS, listener).observe(
+            time.perf_counter() - started
+        )
         balancer.success(ep)
         return ep, result
     raise UpstreamError(

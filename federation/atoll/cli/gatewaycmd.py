@@ -50,10 +50,9 @@ def gateway_serve(
     loop: Annotated[
         str,
         typer.Option(
-            help="event loop: asyncio (default) or uvloop (experimental: passthrough only; "
-            "terminated and egress connections stall under uvloop in this version)"
+            help="event loop: uvloop (default: a faster loop) or asyncio (the standard library's)"
         ),
-    ] = "asyncio",
+    ] = "uvloop",
     insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
     log_level: LogLevel = "info",
     log_format: LogFormat = "json",
