@@ -80,13 +80,8 @@ async def connect_socket(endpoint: Endpoint) -> socket.socket:
     (no per-fd loop registration); a host name goes through the loop, which
     resolves it without blocking.
     """
-    try:
-        ip = ipaddress.ip_address(endpoint.host)
-    except ValueError:
-        ip = None
-    family = (
-        socket.AF_INET6 if (ip.version == 6 if ip else ":" in endpoint.host) else socket.AF_INET
-    )
+    ip = _ip_version(endpoint.host)
+    family = socket.AF_INET6 if ip == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)

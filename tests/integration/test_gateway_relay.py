@@ -235,3 +235,26 @@ async def test_a_busy_connection_is_not_idle() -> None:
         await cancel_and_wait(run)
         client_app.close()
         upstream_app.close()
+
+
+@pytest.mark.parametrize("host", [HOST, "localhost"])
+async def test_connect_socket_takes_addresses_and_host_names(host: str) -> None:
+    bind = HOST if host == HOST else "127.0.0.1"
+    lst = socket.create_server((bind, 0))
+    try:
+        sock = await connect_socket(Endpoint(host, lst.getsockname()[1]))
+        try:
+            assert sock.getpeername()[0] == bind
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            sock.close()
+    finally:
+        lst.close()
+
+
+async def test_connect_socket_reports_a_refusal_as_such() -> None:
+    lst = socket.create_server((HOST, 0))
+    port = lst.getsockname()[1]
+    lst.close()  # nothing listens there now
+    with pytest.raises(ConnectionRefusedError):
+        await connect_socket(Endpoint(HOST, port))
