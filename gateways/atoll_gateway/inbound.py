@@ -33,6 +33,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from atoll.trusthub.naming import cluster_of_domain
@@ -92,9 +93,8 @@ async def _passthrough(
 ) -> None:
     rec.mode = "passthrough"
 
-    async def connect(ep: Endpoint) -> socket.socket:
-        async with asyncio.timeout(rt.config.connect_timeout):
-            return await connect_socket(ep)
+    def connect(ep: Endpoint) -> Awaitable[socket.socket]:
+        return connect_socket(ep, rt.config.connect_timeout)
 
     ep, upstream = await connect_first(
         rt.balancer,
@@ -195,13 +195,9 @@ async def handle_inbound(rt: Runtime, sock: socket.socket, client: str) -> None:
     conn = Conn(sock)
     hello: ClientHello | None = None
     try:
-        try:
-            async with asyncio.timeout(rt.config.hello_timeout):
-                hello = await peek_client_hello(sock, max_size=rt.config.max_client_hello)
-        except TimeoutError:
-            raise ClientHelloError(
-                "timeout", f"no complete ClientHello within {rt.config.hello_timeout}s"
-            ) from None
+        hello = await peek_client_hello(
+            sock, max_size=rt.config.max_client_hello, timeout=rt.config.hello_timeout
+        )
         rec.sni = hello.server_name
         table = rt.table
         svc, port = table.inbound_route(parse_server_name(hello.server_name, table.zone))

@@ -28,6 +28,10 @@ __all__ = ["peek_client_hello"]
 _TCP_CLOSE_WAIT = 8
 
 
+def _timed_out(timeout: float) -> ClientHelloError:
+    return ClientHelloError("timeout", f"no complete ClientHello within {timeout}s")
+
+
 def _peer_closed(sock: socket.socket) -> bool:
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
@@ -36,14 +40,17 @@ def _peer_closed(sock: socket.socket) -> bool:
     return info[0] == _TCP_CLOSE_WAIT
 
 
-async def peek_client_hello(sock: socket.socket, *, max_size: int) -> ClientHello:
-    """Wait until the ClientHello is complete and parse it (see the module docstring).
+# a timer only when it must wait: asyncio.timeout costs ~5% of a new connection
+async def peek_client_hello(sock: socket.socket, *, max_size: int, timeout: float) -> ClientHello:  # noqa: ASYNC109
+    """Wait until the ClientHello is complete and parse it (see the module docstring);
+    a :class:`ClientHelloError` ``timeout`` when it is not complete within ``timeout``.
 
     The queue is looked at first without waiting: on a busy gateway the hello
     has usually arrived by the time the connection is accepted, and then no
     reader is registered at all.
     """
-    waits = poller()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     need = RECORD_HEADER
     last = -1
     lowat = False
@@ -66,6 +73,8 @@ async def peek_client_hello(sock: socket.socket, *, max_size: int) -> ClientHell
                         raise ClientHelloError(
                             "truncated", f"closed after {len(data)} bytes of a ClientHello"
                         )
+                    if loop.time() >= deadline:
+                        raise _timed_out(timeout)
                     await asyncio.sleep(0.005)
                     continue
                 last = len(data)
@@ -73,7 +82,13 @@ async def peek_client_hello(sock: socket.socket, *, max_size: int) -> ClientHell
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
                     lowat = True
-            await waits.wait(sock.fileno(), write=False)
+            left = deadline - loop.time()
+            if left <= 0:
+                raise _timed_out(timeout)
+            try:
+                await poller().wait(sock.fileno(), write=False, timeout=left)
+            except TimeoutError:
+                raise _timed_out(timeout) from None
     finally:
         if lowat:
             with contextlib.suppress(OSError):
