@@ -34,12 +34,15 @@ pinned to CPU 0, nginx and wrk to CPU 1. Runs alternate HAProxy / Atoll
 this shared box drifts several-fold between minutes, and interleaving puts
 both sides in the same weather.
 
-Figures from one run on a shared 2-core machine (asyncio loop, splice relay,
-5 s per run; ratios Atoll / HAProxy, requests/s then work per proxy CPU-second):
-passthrough keep-alive 1.12x / 0.80x; passthrough new connections 1.07x /
-0.36x; passthrough bulk 0.83x / 1.21x; termination keep-alive 0.37x / 0.37x;
-termination new connections 0.33x / 0.33x; churn of ~8,000 connections: no fd
-leak. ``--loop uvloop`` is experimental (see ``atoll gateway serve --help``).
+Figures on a shared 2-core machine (uvloop, the default relays; 5 s per run,
+median of 3 interleaved rounds; ratios Atoll / HAProxy, requests/s then work
+per proxy CPU-second; ranges are from separate invocations the same day):
+passthrough keep-alive 0.91-1.02x / 0.72-0.80x; passthrough new connections
+0.99x / 0.42x; passthrough bulk 0.91x / 2.77x; termination keep-alive
+0.79-0.84x / 0.78-0.84x; termination new connections 0.66x / 0.66x (6,284
+of 6,317 terminating handshakes resumed); churn of ~7,000 connections: no fd
+leak. ``--relay copy`` for passthrough: keep-alive 0.76x, bulk 0.83x per CPU-s
+(splice wins on bulk). ``--loop asyncio`` is within the noise of uvloop.
 """
 
 from __future__ import annotations
