@@ -86,7 +86,10 @@ async def env() -> AsyncIterator[Env]:
     config = GatewayConfig(
         cluster="east",
         listen=f"{HOST}:0",
-        services={"demo/echo": RouteConfig(mode="terminate", proxy_protocol=True)},
+        services={
+            "demo/echo": RouteConfig(mode="terminate", proxy_protocol=True),
+            "demo/reorigin": RouteConfig(mode="terminate", upstream_tls=True),
+        },
         hello_timeout=0.5,
         max_client_hello=4096,
     )
@@ -100,6 +103,7 @@ async def env() -> AsyncIterator[Env]:
             {
                 "demo/secure": (8443, [(HOST, backend.sockets[0].getsockname()[1])]),
                 "demo/echo": (8080, [demo_addr]),
+                "demo/reorigin": (8443, [(HOST, backend.sockets[0].getsockname()[1])]),
             }
         )
     )
@@ -159,6 +163,18 @@ async def test_termination_forwards_the_verified_peer_id(env: Env) -> None:
     doc = json.loads(body)
     assert doc["peer_spiffe_id"] == "spiffe://west.atoll.lab/atoll/gateway"
     assert doc["sni"] == "echo.demo.svc.east.atoll.test"
+
+
+async def test_termination_can_re_originate_mtls_to_the_endpoint(env: Env) -> None:
+    """upstream_tls: the peer talks to the gateway; the endpoint sees the gateway's SVID."""
+    peer = PKI.svid(WEST, "atoll/gateway")
+    out = await tls_call(env.port, peer, "reorigin.demo.svc.east.atoll.test", GATEWAY_ID, b"hi\n")
+    assert out == f"hello {GATEWAY_ID}\n".encode()
+    assert env.backend_peers == [str(GATEWAY_ID)]
+    full_client_handshakes = counter(
+        "atoll_gateway_tls_handshakes_total", listener="inbound", role="client", resumed="false"
+    )
+    assert full_client_handshakes >= 1  # counted as a client handshake of the inbound side
 
 
 async def test_peer_of_a_disallowed_trust_domain_is_refused(env: Env) -> None:
