@@ -70,7 +70,8 @@ class Poller:
             if old:
                 del self._masks[fd]
                 del self._watchers[fd]
-                self._ep.unregister(fd)
+                with contextlib.suppress(OSError):  # already closed: the kernel forgot it too
+                    self._ep.unregister(fd)
             return
         if mask != old:  # the kernel first: a refused fd leaves no entry behind
             if old:
