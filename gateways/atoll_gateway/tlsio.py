@@ -28,6 +28,7 @@ import ipaddress
 import os
 import socket
 import ssl
+from collections.abc import Callable
 
 from atoll_gateway.balancer import Endpoint
 from atoll_gateway.poller import poller
@@ -49,10 +50,12 @@ async def handshake(tls: ssl.SSLSocket) -> None:
             await waits.wait(fd, write=True)
 
 
-async def accept_tls(sock: socket.socket, ctx: ssl.SSLContext) -> ssl.SSLSocket:
-    """Server-side handshake on an accepted socket (the socket is taken over)."""
+async def _secure(
+    sock: socket.socket, wrap: Callable[[socket.socket], ssl.SSLSocket]
+) -> ssl.SSLSocket:
+    """Wrap ``sock`` and complete the handshake; whatever fails, nothing stays open."""
     try:
-        tls = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        tls = wrap(sock)
     except BaseException:
         sock.close()
         raise
@@ -62,6 +65,13 @@ async def accept_tls(sock: socket.socket, ctx: ssl.SSLContext) -> ssl.SSLSocket:
         tls.close()
         raise
     return tls
+
+
+async def accept_tls(sock: socket.socket, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    """Server-side handshake on an accepted socket (the socket is taken over)."""
+    return await _secure(
+        sock, lambda s: ctx.wrap_socket(s, server_side=True, do_handshake_on_connect=False)
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -112,17 +122,9 @@ async def connect_tls(
     session: ssl.SSLSession | None = None,
 ) -> ssl.SSLSocket:
     """Connect and complete a client handshake (resuming ``session`` if the server agrees)."""
-    sock = await connect_socket(endpoint)
-    try:
-        tls = ctx.wrap_socket(
-            sock, server_hostname=server_hostname, do_handshake_on_connect=False, session=session
-        )
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        await handshake(tls)
-    except BaseException:
-        tls.close()
-        raise
-    return tls
+    return await _secure(
+        await connect_socket(endpoint),
+        lambda s: ctx.wrap_socket(
+            s, server_hostname=server_hostname, do_handshake_on_connect=False, session=session
+        ),
+    )
