@@ -81,6 +81,14 @@ class Poller:
             self._masks[fd] = mask
         self._watchers[fd] = watcher
 
+    def forget_closing(self, fd: int) -> None:
+        """Forget ``fd`` without a syscall: the caller closes it next, and the kernel drops
+        a closed fd from the set by itself — when no duplicate of it is open, which
+        holds for the sockets given here (wrapping for TLS detaches, never dups). An
+        event already fetched for it finds no watcher and is skipped."""
+        if self._masks.pop(fd, 0):
+            del self._watchers[fd]
+
     def _dispatch(self) -> None:
         try:
             events = self._ep.poll(0, _BATCH)

@@ -187,7 +187,8 @@ class _End:
             owner.crash(exc)
 
     def forget(self) -> None:
-        self.poller.watch(self.fd, None, read=False, write=False)
+        """Before the socket closes: the close takes it out of the epoll set (no dup exists)."""
+        self.poller.forget_closing(self.fd)
 
     def half_close(self) -> None:
         """No more bytes to this socket: a FIN (for TLS too — see the module doc)."""
@@ -218,8 +219,13 @@ class _Pump:
             self.dst.sync()
 
     def _eof(self) -> None:
-        self._set(_DONE)
-        self.dst.half_close()
+        if self.owner.one_done:
+            # the last EOF: the relay ends now — its close sends the FIN and drops the
+            # fds from the epoll set, so no shutdown and no unregistering first
+            self.wait = _DONE
+        else:
+            self._set(_DONE)
+            self.dst.half_close()
         self.owner.direction_done()
 
     def _yield(self) -> None:
@@ -407,6 +413,11 @@ class _Relay:
     def crash(self, exc: Exception) -> None:
         """A bug, not a network event: end the connection (reset), keep the error."""
         self.fail(exc if isinstance(exc, OSError) else OSError(f"{type(exc).__name__}: {exc}"))
+
+    @property
+    def one_done(self) -> bool:
+        """One direction has already finished."""
+        return self._finished > 0
 
     def direction_done(self) -> None:
         self._finished += 1

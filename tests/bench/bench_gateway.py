@@ -1,6 +1,6 @@
 """Benchmark: Atoll's east-west gateway against HAProxy 2.6, nginx TLS behind both.
 
-Run: ``python -m tests.bench.bench_gateway [--duration 6] [--loop asyncio|uvloop]
+Run: ``python -m tests.bench.bench_gateway [--duration 6] [--loop uvloop|asyncio]
 [--relay auto|splice|copy]``. Needs ``haproxy``, ``nginx`` and ``wrk``
 (Debian: ``apt-get install haproxy nginx wrk``; their services need not run) and
 root for one thing: ``wrk`` takes the TLS server name from the URL host, so it
@@ -310,7 +310,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run (default 6)")
-    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
     ap.add_argument("--relay", choices=("auto", "splice", "copy"), default="auto")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     ap.add_argument(
