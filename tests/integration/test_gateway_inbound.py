@@ -262,9 +262,31 @@ async def test_connection_limit_refuses_clearly(env: Env) -> None:
         idle.close()
 
 
-async def test_passthrough_with_the_protocol_relay(env: Env) -> None:
+async def test_passthrough_with_the_copy_relay(env: Env) -> None:
     env.node.runtime.splice = False
     out = await tls_call(
         env.port, PKI.svid(WEST, "demo/client"), "secure.demo.svc.atoll.test", BACKEND_ID, b"hi\n"
     )
     assert out == b"hello spiffe://west.atoll.lab/demo/client\n"
+
+
+async def test_an_idle_connection_is_closed_after_the_configured_timeout(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """idle_timeout from the config reaches the relay: silence ends the connection."""
+    rt = env.node.runtime
+    rt.config = rt.config.model_copy(update={"idle_timeout": 0.4})
+    bundle = PKI.bundles().get(TrustDomain(EAST))
+    assert bundle is not None
+    ctx = build_client_context(PKI.svid(WEST, "atoll/gateway"), bundle)
+    caplog.set_level("INFO", logger="atoll.gateway.access")
+    reader, writer = await asyncio.open_connection(
+        HOST, env.port, ssl=ctx, server_hostname="echo.demo.svc.east.atoll.test"
+    )
+    try:
+        # connected and relayed, then nothing either way: the gateway hangs up
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+    records = [r for r in caplog.records if getattr(r, "outcome", None) == "idle_timeout"]
+    assert records and getattr(records[0], "service", None) == "demo/echo:8080"
