@@ -36,15 +36,15 @@ both sides in the same weather.
 
 Figures on a shared 2-core machine (uvloop, the default relays; 5 s per run,
 median of 3 interleaved rounds; ratios Atoll / HAProxy, requests/s then work
-per proxy CPU-second; ranges are from separate invocations the same day):
-passthrough keep-alive 0.91-1.02x / 0.72-0.80x; passthrough new connections
-0.99x / 0.42x; passthrough bulk 0.91x / 2.77x; termination keep-alive
-0.79-0.84x / 0.78-0.84x; termination new connections 0.66x / 0.66x (6,284
-of 6,317 terminating handshakes resumed); churn of ~7,000 connections: no fd
-leak. ``--relay copy`` for passthrough: keep-alive 0.76x, bulk 0.83x per CPU-s
-(splice wins on bulk). ``--loop asyncio`` is within the noise of uvloop.
-Memory: peak RSS of the two proxy processes, HAProxy 39 MiB, Atoll 177 MiB
-(4.6x: mostly the interpreter and its imports — gRPC, FastAPI, pydantic —
+per proxy CPU-second): passthrough keep-alive 1.00x / 0.89x; passthrough new
+connections 0.99x / 0.43x; passthrough bulk 0.92x / 1.99x; termination
+keep-alive 0.80x / 0.80x; termination new connections 0.68x / 0.68x (5,792
+of 5,825 terminating handshakes resumed); churn of ~6,500 connections: no fd
+leak. Separate runs the same day moved each ratio by up to ~0.1. ``--relay
+copy`` for passthrough: keep-alive 0.76x, bulk 0.83x per CPU-s (splice wins on
+bulk). ``--loop asyncio`` is within the noise of uvloop.
+Memory: peak RSS of the two proxy processes, HAProxy 39-40 MiB, Atoll
+177-230 MiB (4.6-5.8x: mostly the interpreter and its imports — gRPC, FastAPI, pydantic —
 not connections; a copy relay holds 2 x 16 KiB, a splice relay two pooled pipes).
 """
 
