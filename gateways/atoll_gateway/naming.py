@@ -20,6 +20,7 @@ A cluster literally called ``svc`` cannot be pinned (the name is ambiguous).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from atoll.model.names import validate_label
@@ -45,6 +46,7 @@ def _label(value: str, what: str, name: str) -> str:
         raise RouteError("bad_name", f"{name!r}: {what} {value!r} is not a DNS label") from None
 
 
+@functools.lru_cache(maxsize=4096)  # a few names arrive over and over; errors are not cached
 def parse_server_name(name: str | None, zone: str) -> ServiceName:
     """Split a server name into its parts; raise :class:`RouteError` if it is not ours."""
     if not name:
@@ -76,6 +78,7 @@ def parse_server_name(name: str | None, zone: str) -> ServiceName:
     return ServiceName(namespace=namespace, service=service, port=port, cluster=cluster)
 
 
+@functools.lru_cache(maxsize=4096)
 def server_name(target: ServiceName, zone: str) -> str:
     """The server name for ``target`` (the inverse of :func:`parse_server_name`)."""
     parts = [] if target.port is None else [str(target.port)]
