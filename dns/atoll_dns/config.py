@@ -3,9 +3,11 @@
 The configuration says *where* the server listens and *how* the federated zone
 looks outside the control plane's data: the zone name, its NS and SOA records,
 the client-network → region map used by the geo strategy, an optional
-MaxMind-format database, distance overrides between regions, and a few knobs
-of the packet path. What is *in* the zone (services, targets, health,
-policies, region coordinates) comes from the control plane and is turned into
+MaxMind-format database, distance overrides between regions, whether other
+clusters are reached directly or through this cluster's gateway egress
+(``egress_address``), and a few knobs of the packet path. What is *in* the
+zone (services, targets, health, policies, region coordinates) comes from the
+control plane and is turned into
 a :class:`~atoll_dns.snapshot.ZoneSnapshot` by :func:`~atoll_dns.snapshot.build_zone`.
 
 Names are kept as absolute, lowercase text (``"atoll.test."``); a name given
@@ -92,6 +94,12 @@ class DnsConfig(Frozen):
     """Everything a DNS server needs besides the control plane's data."""
 
     zone: str = "atoll.test."
+    #: the cluster this server answers for (needed with ``egress_address``)
+    cluster: DnsLabel | None = None
+    #: answer this address, the cluster's gateway egress, for targets in *other*
+    #: clusters — clients then reach them only through the east-west gateways (the
+    #: egress picks the remote cluster with the same strategy); None: endpoint addresses
+    egress_address: IPv4Address | IPv6Address | None = None
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(53, ge=0, le=65535, description="0 picks a free port")
     nameservers: list[NameServerConfig] = Field(default_factory=list, max_length=13)
@@ -139,6 +147,8 @@ class DnsConfig(Frozen):
 
     @model_validator(mode="after")
     def _names(self) -> DnsConfig:
+        if self.egress_address is not None and self.cluster is None:
+            raise ValueError("egress_address needs cluster (whose targets stay direct)")
         seen: set[str] = set()
         for ns in self.nameservers:
             name = absolute_name(ns.name, origin=self.zone)

@@ -72,6 +72,8 @@ class TargetRecord(Frozen):
     ipv6: tuple[IPv6Address, ...] = ()
     #: why the target is not healthy ("" when healthy)
     reason: str = ""
+    #: "egress": the addresses are this cluster's gateway egress, not the target's endpoints
+    via: Literal["direct", "egress"] = "direct"
 
 
 class PortRecord(Frozen):
@@ -173,7 +175,7 @@ def _policy_record(policy: TrafficPolicy | None, default_ttl: int) -> PolicyReco
 
 
 def _target_record(
-    imp: ServiceImport, index: int, min_healthy: int, warnings: list[str]
+    imp: ServiceImport, index: int, min_healthy: int, warnings: list[str], config: DnsConfig
 ) -> TargetRecord:
     t = imp.spec.targets[index]
     v4: list[IPv4Address] = []
@@ -201,6 +203,19 @@ def _target_record(
         reason = f"{t.endpoints_healthy} healthy endpoints < {min_healthy}"
     elif not v4 and not v6:
         reason = "no addresses"
+    egress = config.egress_address
+    if egress is not None and t.cluster != config.cluster:
+        # reached through the gateway: clients connect to the egress, which picks the
+        # remote cluster itself (health and strategy unchanged: they are the target's)
+        return TargetRecord(
+            cluster=t.cluster,
+            region=t.region,
+            healthy=not reason,
+            ipv4=(egress,) if isinstance(egress, IPv4Address) else (),
+            ipv6=(egress,) if isinstance(egress, IPv6Address) else (),
+            reason=reason,
+            via="egress",
+        )
     return TargetRecord(
         cluster=t.cluster,
         region=t.region,
@@ -276,7 +291,7 @@ def build_zone(
         targets = tuple(
             sorted(
                 (
-                    _target_record(imp, i, min_healthy, warnings)
+                    _target_record(imp, i, min_healthy, warnings, config)
                     for i in range(len(imp.spec.targets))
                 ),
                 key=lambda t: t.cluster,

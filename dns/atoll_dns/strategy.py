@@ -100,7 +100,12 @@ def _rank(policy: PolicyRecord, target: TargetRecord) -> tuple[int, int]:
 
 
 def _names(targets: Sequence[TargetRecord]) -> str:
-    return ", ".join(f"{t.cluster}({t.region})" for t in targets) or "none"
+    return (
+        ", ".join(
+            f"{t.cluster}({t.region}){' via egress' if t.via == 'egress' else ''}" for t in targets
+        )
+        or "none"
+    )
 
 
 def _failover(

@@ -323,3 +323,23 @@ async def test_geo_by_resolver_address_repeated_queries(batch: bool) -> None:
         assert sum(srv.engine.totals().values()) == 6
     finally:
         await srv.stop()
+
+
+async def test_other_clusters_are_answered_with_the_egress_over_the_wire(tmp_path: Path) -> None:
+    """egress_address: a real query never hands out another cluster's endpoints."""
+    cfg = config(cluster="eu1", egress_address="127.0.1.2")
+    srv = DnsServer(cfg, state_dir=tmp_path, registry=CollectorRegistry())
+    await srv.start(sample_snapshot(cfg))
+    try:
+        # api: failover eu1 first -> the server's own cluster, its endpoints directly
+        assert rdatas(await udp(srv, "api.default.atoll.test.")) == ["192.0.2.1"]
+        # web: geo, a us-east client -> us1, reached through this cluster's egress
+        ecs = dns.edns.ECSOption("10.2.0.0", 16)
+        msg = await udp(srv, "web.default.atoll.test.", use_edns=0, options=[ecs])
+        assert rdatas(msg) == ["127.0.1.2"]
+        assert (
+            rdatas(await tcp(srv, "web.default.atoll.test.", "AAAA", use_edns=0, options=[ecs]))
+            == []
+        )
+    finally:
+        await srv.stop()

@@ -41,6 +41,14 @@ def dns_serve(
         ),
     ] = None,
     federation_domain: FederationDomain = "atoll.lab",
+    egress_address: Annotated[
+        str | None,
+        typer.Option(
+            help="answer this address (the cluster gateway's egress host) for services' "
+            "targets in other clusters, so clients reach them only through the gateways; "
+            "default: the targets' endpoint addresses"
+        ),
+    ] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
     log_level: LogLevel = "info",
     log_format: LogFormat = "json",
@@ -70,6 +78,13 @@ def dns_serve(
         identity = WorkloadIdentity(X509Source(workload_socket), federation=federation)
     host, port = hostport(listen, "--listen")
     admin_host, admin_port = hostport(admin, "--admin")
+    if egress_address is not None:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(egress_address)
+        except ValueError:
+            fail(f"--egress-address {egress_address!r} is not an IP address (e.g. 127.0.1.2)")
     servers: list[NameServerConfig] = []
     try:
         for item in nameserver or []:
@@ -77,8 +92,16 @@ def dns_serve(
             if not sep:
                 fail(f"--nameserver {item!r}: expected NAME=ADDRESS")
             servers.append(NameServerConfig.model_validate({"name": name, "addresses": [addr]}))
-        config = DnsConfig(
-            zone=zone, listen_host=host, listen_port=port, workers=workers, nameservers=servers
+        config = DnsConfig.model_validate(
+            {
+                "zone": zone,
+                "listen_host": host,
+                "listen_port": port,
+                "workers": workers,
+                "nameservers": servers,
+                "cluster": cluster,
+                "egress_address": egress_address,
+            }
         )
     except ValidationError as exc:
         fail(str(invalid_from(exc, "DNS configuration")))
