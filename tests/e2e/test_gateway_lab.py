@@ -4,7 +4,9 @@ A client in cluster A (eu-west-1) calls ``demo/web`` on A's egress listener in
 plain HTTP; a TrafficPolicy sends ``demo/web`` to cluster B (us-east-1) only, so
 A's gateway originates mTLS with A's SVID to B's gateway, which terminates it,
 authorizes A's ID and forwards to B's demo server with a PROXY v2 header: the
-service in B answers with A's SPIFFE ID.
+service in B answers with A's SPIFFE ID. The lab runs with ``--dns-via-gateways``:
+a client that only knows the service's name gets A's egress from A's DNS server
+and lands on the same path.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
+import dns.message
+import dns.query
+import dns.rdatatype
 import httpx
 import pytest
 
@@ -27,7 +32,7 @@ LOOPBACK = "127.91"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     state = tmp_path_factory.mktemp("gateway-lab")
-    args = ("--loopback", LOOPBACK, "--lease-ttl", "3", "--wait", "60")
+    args = ("--loopback", LOOPBACK, "--lease-ttl", "3", "--wait", "60", "--dns-via-gateways")
     with running_lab(state, *args, within=90) as (_proc, manifest):
         yield manifest
 
@@ -87,3 +92,34 @@ def test_client_in_a_reaches_b_through_both_gateways_and_b_sees_a(lab: dict[str,
             f'listener="inbound",mode="terminate",source_cluster="{a["name"]}"}}',
         ),
     )
+
+
+def test_a_client_resolving_the_name_in_a_is_sent_through_the_gateways(
+    lab: dict[str, Any],
+) -> None:
+    a, b = lab["clusters"][0], lab["clusters"][1]
+    api = lab["control_plane"]["api"]
+    policy = {
+        "kind": "TrafficPolicy",
+        "metadata": {"name": "web", "namespace": "demo"},
+        "spec": {"strategy": "failover", "priorities": [[b["name"]]]},
+    }
+    assert httpx.put(api + "/v1/policies/demo/web", json=policy, timeout=5).status_code in (
+        200,
+        201,
+    )
+    host, _, port = a["dns"]["listen"].rpartition(":")
+
+    def answer() -> list[str]:
+        q = dns.message.make_query("web.demo.atoll.test.", "A")
+        resp = dns.query.udp(q, host, port=int(port), timeout=2)
+        return sorted(
+            rr.address for rrset in resp.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset
+        )
+
+    egress = a["gateway"]["egress_host"]
+    # B's endpoints are never handed to A's clients: A's egress is
+    wait_for("A's DNS answers A's egress for B's service", lambda: answer() == [egress], timeout=30)
+    doc = httpx.get(f"http://{answer()[0]}:8080/", timeout=10).json()
+    assert doc["cluster"] == b["name"]
+    assert doc["peer_spiffe_id"] == f"spiffe://{a['name']}.atoll.lab/atoll/gateway"

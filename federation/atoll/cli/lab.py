@@ -159,6 +159,15 @@ def up(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="delete the lab's previous state first")
     ] = False,
+    dns_via_gateways: Annotated[
+        bool,
+        typer.Option(
+            "--dns-via-gateways",
+            help="each cluster's DNS answers other clusters' services with its gateway "
+            "egress, so clients cross clusters only through the gateways (mTLS); drills "
+            "then see failover in the gateways' egress routes, not in DNS addresses",
+        ),
+    ] = False,
     wait: Annotated[
         float, typer.Option(help="seconds to wait for the federation to converge")
     ] = 60.0,
@@ -184,6 +193,7 @@ def up(
             dns_port=dns_port,
             lease_ttl=lease_ttl,
             broker=broker,
+            dns_via_gateways=dns_via_gateways,
         )
     except AtollError as exc:
         fail(str(exc))

@@ -164,6 +164,8 @@ class LabPlan:
     broker: str | None
     regions: tuple[RegionPlan, ...]
     clusters: tuple[ClusterPlan, ...]
+    #: DNS answers other clusters' targets with the local gateway egress
+    dns_via_gateways: bool = False
 
     @property
     def api_url(self) -> str:
@@ -261,6 +263,7 @@ def plan_lab(
     lease_ttl: int = 5,
     zone: str = "atoll.test.",
     broker: str | None = None,
+    dns_via_gateways: bool = False,
 ) -> LabPlan:
     """Plan a lab of ``clusters`` clusters (1-6), one per region."""
     m = _PREFIX.fullmatch(prefix)
@@ -328,4 +331,5 @@ def plan_lab(
         zone=zone,
         regions=regions,
         clusters=tuple(plans),
+        dns_via_gateways=dns_via_gateways,
     )

@@ -170,6 +170,7 @@ class Lab:
             *ns,
             "--workload-socket", str(c.workload_socket("dns")),
             "--federation-domain", FEDERATION_DOMAIN,
+            *(["--egress-address", c.egress_host] if self.plan.dns_via_gateways else []),
         )  # fmt: skip
 
     def gateway_config_file(self, c: ClusterPlan) -> Path:
@@ -338,7 +339,12 @@ class Lab:
                     if {t["cluster"] for t in i["spec"]["targets"] if t["healthy"]} == clusters
                 }
                 done += want <= have
-            done += sum([await _dns_converged(c, p.zone, len(clusters)) for c in p.clusters])
+            done += sum(
+                [
+                    await _dns_converged(c, p.zone, len(clusters), via_gateways=p.dns_via_gateways)
+                    for c in p.clusters
+                ]
+            )
             total = len(urls) + len(p.clusters)
             self.progress(f"waiting for the federation to converge ({done}/{total} views)")
             if done == total:
@@ -539,8 +545,11 @@ async def _seed(http: httpx.AsyncClient, c: ClusterPlan) -> None:
             )
 
 
-async def _dns_converged(c: ClusterPlan, zone: str, clusters: int) -> bool:
-    """True once the cluster's DNS server answers every demo service with every cluster."""
+async def _dns_converged(
+    c: ClusterPlan, zone: str, clusters: int, *, via_gateways: bool = False
+) -> bool:
+    """True once the cluster's DNS server answers every demo service with every cluster
+    (through the gateways: its own endpoints and one egress record for the others)."""
     import dns.asyncquery
     import dns.exception
     import dns.message
@@ -553,6 +562,10 @@ async def _dns_converged(c: ClusterPlan, zone: str, clusters: int) -> bool:
         except (dns.exception.DNSException, OSError):
             return False
         found = sum(len(rrset) for rrset in resp.answer if rrset.rdtype == dns.rdatatype.A)
-        if found < clusters * len(s.instances):
+        if via_gateways:
+            want = len(s.instances) + (1 if clusters > 1 else 0)
+        else:
+            want = clusters * len(s.instances)
+        if found < want:
             return False
     return True
