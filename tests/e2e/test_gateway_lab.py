@@ -37,6 +37,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield manifest
 
 
+def send_web_to(lab: dict[str, Any], cluster: str) -> None:
+    """A TrafficPolicy sending demo/web to ``cluster`` only."""
+    policy = {
+        "kind": "TrafficPolicy",
+        "metadata": {"name": "web", "namespace": "demo"},
+        "spec": {"strategy": "failover", "priorities": [[cluster]]},
+    }
+    r = httpx.put(lab["control_plane"]["api"] + "/v1/policies/demo/web", json=policy, timeout=5)
+    assert r.status_code in (200, 201), r.text
+
+
 def test_every_cluster_runs_a_connected_gateway(lab: dict[str, Any]) -> None:
     api = lab["control_plane"]["api"]
     nodes = {n["id"]: n for n in httpx.get(api + "/v1/nodes", timeout=5).json()}
@@ -53,14 +64,7 @@ def test_every_cluster_runs_a_connected_gateway(lab: dict[str, Any]) -> None:
 
 def test_client_in_a_reaches_b_through_both_gateways_and_b_sees_a(lab: dict[str, Any]) -> None:
     a, b = lab["clusters"][0], lab["clusters"][1]
-    api = lab["control_plane"]["api"]
-    policy = {
-        "kind": "TrafficPolicy",
-        "metadata": {"name": "web", "namespace": "demo"},
-        "spec": {"strategy": "failover", "priorities": [[b["name"]]]},
-    }
-    r = httpx.put(api + "/v1/policies/demo/web", json=policy, timeout=5)
-    assert r.status_code in (200, 201), r.text
+    send_web_to(lab, b["name"])
 
     def routed_to_b() -> bool:
         st = httpx.get(a["gateway"]["url"] + "/v1/status", timeout=5).json()
@@ -98,16 +102,7 @@ def test_a_client_resolving_the_name_in_a_is_sent_through_the_gateways(
     lab: dict[str, Any],
 ) -> None:
     a, b = lab["clusters"][0], lab["clusters"][1]
-    api = lab["control_plane"]["api"]
-    policy = {
-        "kind": "TrafficPolicy",
-        "metadata": {"name": "web", "namespace": "demo"},
-        "spec": {"strategy": "failover", "priorities": [[b["name"]]]},
-    }
-    assert httpx.put(api + "/v1/policies/demo/web", json=policy, timeout=5).status_code in (
-        200,
-        201,
-    )
+    send_web_to(lab, b["name"])
     host, _, port = a["dns"]["listen"].rpartition(":")
 
     def answer() -> list[str]:
