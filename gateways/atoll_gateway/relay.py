@@ -2,9 +2,10 @@
 
 Two relays, one contract — :meth:`run` returns ``(bytes client→upstream,
 bytes upstream→client)`` once both directions are finished (each side's EOF
-is propagated as a half-close), or either side failed, or the connection sat
-idle for ``idle_timeout``; every file descriptor is closed when it returns,
-and cancelling :meth:`run` tears the connection down.
+is propagated as a half-close), or either side failed (the other side is then
+reset, not closed: a failure must not look like a clean end), or the
+connection sat idle for ``idle_timeout``; every file descriptor is closed when
+it returns, and cancelling :meth:`run` tears the connection down.
 
 * :class:`SpliceRelay` (passthrough of plain TCP, Linux) never copies payload
   into Python: each direction owns a pipe, and ``splice(2)`` moves bytes
@@ -34,11 +35,12 @@ connection sockets), each direction a small state machine — a pump — that
 moves bytes until something would block and then waits for exactly that.
 
 File-descriptor hygiene (the fd leak seen with uvloop and splice under churn in
-the peer baselines): every socket is removed from the poller *before* its fd
-is closed, and sockets are closed through their ``socket``
-objects (which forget their fd number), never by number, so a recycled fd
-number is never touched twice. A relay owns both sockets from the moment it
-is constructed.
+the peer baselines): the poller forgets every socket *before* its fd is
+closed (without a syscall: the close itself drops it from the epoll set, and
+the last EOF skips its half-close for the same reason), and sockets are
+closed through their ``socket`` objects (which forget their fd number), never
+by number, so a recycled fd number is never touched twice. A relay owns both
+sockets from the moment it is constructed.
 """
 
 from __future__ import annotations
