@@ -52,6 +52,7 @@ import fcntl
 import functools
 import os
 import socket
+import logging
 import ssl
 import struct
 from collections.abc import Callable
@@ -60,6 +61,8 @@ from atoll_gateway.poller import Poller, poller
 from atoll_gateway.relaywatch import RelayWatch
 
 __all__ = ["BUFFER_SIZE", "CopyRelay", "SpliceRelay", "pooled_pipes", "splice_supported"]
+
+log = logging.getLogger("atoll.gateway.relay")
 
 #: per direction of a :class:`CopyRelay` (one TLS record's plaintext, HAProxy's bufsize)
 BUFFER_SIZE = 16 * 1024
@@ -448,8 +451,10 @@ class _Relay:
             self.closed = True
             self.watch.stop(self.totals())
             if self.on_finish is not None:
-                with contextlib.suppress(Exception):
+                try:
                     self.on_finish()
+                except Exception:  # a hook's bug must not keep the sockets open
+                    log.exception("relay on_finish hook failed")
             if ends is not None:
                 for end in ends:
                     end.forget()  # before the close: a recycled fd must not inherit it
