@@ -50,9 +50,9 @@ import contextlib
 import errno
 import fcntl
 import functools
+import logging
 import os
 import socket
-import logging
 import ssl
 import struct
 from collections.abc import Callable
