@@ -40,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import Field
 
 from atoll import __version__
+from atoll.gcfreeze import freeze_startup_objects
 from atoll.httpserve import serve_http
 from atoll.model import Cluster, Region, ServiceExport, ServiceImport, TrafficPolicy, decode
 from atoll.model.base import Frozen
@@ -119,8 +120,11 @@ class GatewayNode:
         credentials: grpc.ChannelCredentials | None = None,
         clock: Callable[[], float] = time.time,
         use_splice: bool | None = None,
+        freeze_gc: bool = False,
     ) -> None:
         self.config = config
+        #: a process of its own (the CLI): freeze start-up objects out of full GC passes
+        self.freeze_gc = freeze_gc
         self.config_path = config_path
         self.config_overrides = config_overrides or {}
         self._config_mtime = self._mtime()
@@ -397,9 +401,17 @@ class GatewayNode:
             self.set_catalog(snapshot)
 
     async def _tick_loop(self) -> None:
-        """Every second: re-evaluate TTL health; reload the config file if it changed."""
+        """Every second: re-evaluate TTL health; reload the config file if it changed.
+
+        With ``freeze_gc``, after the first second (imports done, admin app built)
+        the start-up objects are frozen out of the collector's full passes
+        (:mod:`atoll.gcfreeze`)."""
+        frozen = not self.freeze_gc
         while True:
             await asyncio.sleep(1.0)
+            if not frozen:
+                frozen = True
+                freeze_startup_objects(f"gateway/{self.config.cluster}")
             mtime = self._mtime()
             if mtime != self._config_mtime:
                 self._config_mtime = mtime

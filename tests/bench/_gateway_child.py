@@ -100,7 +100,10 @@ async def main(d: Path, role: str) -> None:
             ),
         ]
     node = GatewayNode(
-        config, catalog=StaticCatalog(catalog), source=StaticSource(load_context(d, role))
+        config,
+        catalog=StaticCatalog(catalog),
+        source=StaticSource(load_context(d, role)),
+        freeze_gc=True,
     )
     node.set_held(held_state(held))
     await node.run()

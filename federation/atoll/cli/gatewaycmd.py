@@ -112,6 +112,7 @@ def gateway_serve(
     async def main() -> None:
         node = GatewayNode(
             cfg,
+            freeze_gc=True,
             catalog=catalog,
             source=source,
             control_plane=control_plane,
