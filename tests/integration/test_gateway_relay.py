@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from atoll.aio import cancel_and_wait, spawn
 from atoll_gateway.balancer import Endpoint
@@ -258,3 +260,67 @@ async def test_connect_socket_reports_a_refusal_as_such() -> None:
     lst.close()  # nothing listens there now
     with pytest.raises(ConnectionRefusedError):
         await connect_socket(Endpoint(HOST, port))
+
+
+# -- property: whatever the chunking and the order of the half-closes -------------------
+
+_chunks = st.lists(st.binary(min_size=1, max_size=40_000), max_size=8)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    kind=st.sampled_from(["copy", "splice", "tls"]),
+    up=_chunks,
+    down=_chunks,
+    client_closes_first=st.booleans(),
+)
+def test_any_exchange_arrives_whole_and_in_order(
+    kind: str, up: list[bytes], down: list[bytes], client_closes_first: bool
+) -> None:
+    """Both directions, any chunking, either side half-closing first: every byte
+    arrives once and in order, each EOF reaches the other end, totals are exact."""
+
+    async def scenario() -> None:
+        client_app, client_side = await _pair()
+        if kind == "tls":  # client → egress-like relay → TLS → gateway-like relay → server
+            gw_tls, eg_tls = await _tls_pair()
+            gw_out, server_app = await _pair()
+            relays: list[CopyRelay | SpliceRelay] = [
+                CopyRelay(client_side, eg_tls),
+                CopyRelay(gw_tls, gw_out),
+            ]
+        else:
+            upstream_side, server_app = await _pair()
+            cls = CopyRelay if kind == "copy" else SpliceRelay
+            relays = [cls(client_side, upstream_side)]
+        runs = [spawn(r.run(), name="relay") for r in relays]
+        try:
+
+            async def side(sock: socket.socket, chunks: list[bytes]) -> bytes:
+                for c in chunks:
+                    await _send_all(sock, c)
+                sock.shutdown(socket.SHUT_WR)
+                return await _read_to_eof(sock)
+
+            first, second = (
+                (side(client_app, up), side(server_app, down))
+                if client_closes_first
+                else (side(server_app, down), side(client_app, up))
+            )
+            got_a, got_b = await asyncio.wait_for(asyncio.gather(first, second), 10)
+            at_server, at_client = (got_b, got_a) if client_closes_first else (got_a, got_b)
+            assert at_server == b"".join(up)
+            assert at_client == b"".join(down)
+            totals = await asyncio.wait_for(asyncio.gather(*runs), 10)
+            assert all(t == (len(b"".join(up)), len(b"".join(down))) for t in totals)
+            assert all(r.error is None and not r.failed for r in relays)
+        finally:
+            await cancel_and_wait(*runs)
+            client_app.close()
+            server_app.close()
+
+    asyncio.run(scenario())
