@@ -49,6 +49,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from atoll_trust.certload import load_der_certificate
 from atoll_trust.errors import (
     CERTIFICATE_DECODE_ERRORS,
     BundleRejectedError,
@@ -176,7 +177,7 @@ def _parse_x509_entry(entry: Mapping[str, Any], where: str) -> x509.Certificate:
         raise InvalidBundleError(f"{where}: x509-svid entries need exactly one certificate in x5c")
     try:
         der = base64.b64decode(x5c[0], validate=True)
-        cert = x509.load_der_x509_certificate(der)
+        cert = load_der_certificate(der)
         cert_key = cert.public_key()
     except CERTIFICATE_DECODE_ERRORS as exc:  # binascii.Error is a ValueError
         raise InvalidBundleError(f"{where}: x5c is not a usable base64 DER certificate") from exc

@@ -62,6 +62,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from atoll_trust.bundle import BundleSet, TrustBundle
+from atoll_trust.certload import load_der_certificate
 from atoll_trust.errors import CERTIFICATE_DECODE_ERRORS, SvidVerificationError
 from atoll_trust.spiffe_id import SpiffeId, TrustDomain
 from atoll_trust.svid import X509Svid
@@ -157,14 +158,17 @@ def peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[x509.Certific
         inner_getter = getattr(inner, "get_unverified_chain", None)
         raw = inner_getter() if inner_getter is not None else None
     certs: list[x509.Certificate] = []
-    for item in raw or ():
-        der = item if isinstance(item, bytes) else item.public_bytes(_ENCODING_DER)  # type: ignore[attr-defined]
-        certs.append(x509.load_der_x509_certificate(der))
-    if not certs:
-        leaf = ssl_object.getpeercert(binary_form=True)
-        if not leaf:
-            raise SvidVerificationError("peer presented no certificate")
-        certs.append(x509.load_der_x509_certificate(leaf))
+    try:
+        for item in raw or ():
+            der = item if isinstance(item, bytes) else item.public_bytes(_ENCODING_DER)  # type: ignore[attr-defined]
+            certs.append(load_der_certificate(der))
+        if not certs:
+            leaf = ssl_object.getpeercert(binary_form=True)
+            if not leaf:
+                raise SvidVerificationError("peer presented no certificate")
+            certs.append(load_der_certificate(leaf))
+    except CERTIFICATE_DECODE_ERRORS as exc:
+        raise SvidVerificationError(f"peer certificate is not acceptable: {exc}") from exc
     return tuple(certs)
 
 

@@ -45,6 +45,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from atoll_trust.bundle import TrustBundle
+from atoll_trust.certload import load_der_certificate
 from atoll_trust.clock import utc
 from atoll_trust.errors import (
     CERTIFICATE_DECODE_ERRORS,
@@ -210,7 +211,7 @@ def parse_der_chain(data: bytes) -> tuple[x509.Certificate, ...]:
     try:
         while rest:
             length = _der_length(rest)
-            certs.append(x509.load_der_x509_certificate(rest[:length]))
+            certs.append(load_der_certificate(rest[:length]))
             rest = rest[length:]
     except CERTIFICATE_DECODE_ERRORS as exc:
         raise SvidVerificationError(f"malformed DER certificate chain: {exc}") from exc
