@@ -8,7 +8,7 @@ import json
 
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from atoll_trust.bundle import BundleSet, JwtKey, TrustBundle
@@ -171,6 +171,7 @@ _GOOD_LEAF_DER = mint_x509_svid(CA_A, WEB, now=NOW, ttl=HOUR).chain_der()
 
 @settings(max_examples=300)
 @given(st.integers(0, len(_GOOD_LEAF_DER) - 1), st.binary(min_size=1, max_size=3))
+@example(where=363, noise=b"\x0f")  # found by CI: a duplicated extension (DuplicateExtension)
 def test_fuzz_corrupted_leaf_only_typed_errors(where: int, noise: bytes) -> None:
     der = _GOOD_LEAF_DER[:where] + noise + _GOOD_LEAF_DER[where + len(noise) :]
     try:
@@ -180,6 +181,27 @@ def test_fuzz_corrupted_leaf_only_typed_errors(where: int, noise: bytes) -> None
         return
     # only bytes outside the signed part (e.g. a re-encoded signature) may survive
     assert verified.spiffe_id == WEB
+
+
+def test_a_duplicated_extension_is_a_typed_error() -> None:
+    """cryptography raises DuplicateExtension (not a ValueError) when extensions are read."""
+    der = mint_x509_svid(CA_A, WEB, now=NOW, ttl=HOUR).chain_der()
+    eku, key_usage = b"\x06\x03\x55\x1d\x25", b"\x06\x03\x55\x1d\x0f"
+    assert der.count(eku) >= 1 and der.count(key_usage) >= 1
+    leaf_der = der.replace(eku, key_usage, 1)  # a second KeyUsage extension
+    with pytest.raises(SvidVerificationError, match="malformed"):
+        verify_x509_svid(parse_der_chain(leaf_der), BUNDLES, now=NOW)
+
+
+def test_a_name_attribute_of_the_wrong_type_is_a_typed_error() -> None:
+    """cryptography raises TypeError (lazily, on reading the subject) for a BIT STRING
+    where a name attribute's string should be."""
+    der = mint_x509_svid(CA_A, WEB, now=NOW, ttl=HOUR).chain_der()
+    utf8_org = b"\x06\x03\x55\x04\x0a\x0c\x05Atoll"  # O=Atoll, UTF8String
+    assert utf8_org in der
+    leaf_der = der.replace(utf8_org, b"\x06\x03\x55\x04\x0a\x03\x05Atoll")
+    with pytest.raises(SvidVerificationError, match="malformed"):
+        verify_x509_svid(parse_der_chain(leaf_der), BUNDLES, now=NOW)
 
 
 @settings(max_examples=150)

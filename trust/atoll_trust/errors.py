@@ -112,4 +112,8 @@ CERTIFICATE_DECODE_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     UnsupportedAlgorithm,
     x509.InvalidVersion,
+    # raised lazily, when the extensions are first read; not a ValueError
+    x509.DuplicateExtension,
+    # raised lazily too, for a name attribute of the wrong ASN.1 type (a fuzzer found it)
+    TypeError,
 )

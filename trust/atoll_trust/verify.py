@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -105,7 +104,7 @@ def _ext(cert: x509.Certificate, cls: type[Any]) -> x509.Extension[Any] | None:
         return cert.extensions.get_extension_for_class(cls)
     except x509.ExtensionNotFound:
         return None
-    except ValueError as exc:  # duplicate or undecodable extension
+    except CERTIFICATE_DECODE_ERRORS as exc:  # duplicate or undecodable extension
         raise SvidVerificationError(f"certificate has malformed extensions: {exc}") from exc
 
 
@@ -120,7 +119,7 @@ def check_x509_svid_leaf(leaf: x509.Certificate) -> SpiffeId:
     """Structural X.509-SVID leaf checks (no signatures); returns the leaf's SPIFFE ID."""
     try:
         return _check_leaf(leaf)
-    except (ValueError, UnsupportedAlgorithm) as exc:  # undecodable fields of a lazy cert
+    except CERTIFICATE_DECODE_ERRORS as exc:  # undecodable fields of a lazy cert
         raise SvidVerificationError(f"leaf certificate is malformed: {exc}") from exc
 
 
@@ -185,7 +184,7 @@ def verify_x509_svid(
     try:
         for cert in intermediates:
             _check_signing_cert(cert, td)
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except CERTIFICATE_DECODE_ERRORS as exc:
         raise SvidVerificationError(f"intermediate certificate is malformed: {exc}") from exc
     verifier = (
         PolicyBuilder()
@@ -199,7 +198,7 @@ def verify_x509_svid(
         raise SvidVerificationError(
             f"X.509-SVID {spiffe_id} does not verify against the bundle of {td}: {exc}"
         ) from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except CERTIFICATE_DECODE_ERRORS as exc:
         raise SvidVerificationError(f"X.509-SVID {spiffe_id} is malformed: {exc}") from exc
     return VerifiedX509Svid(spiffe_id=spiffe_id, chain=tuple(verified.chain))
 
