@@ -203,19 +203,14 @@ def _target_record(
         reason = f"{t.endpoints_healthy} healthy endpoints < {min_healthy}"
     elif not v4 and not v6:
         reason = "no addresses"
+    via: Literal["direct", "egress"] = "direct"
     egress = config.egress_address
     if egress is not None and t.cluster != config.cluster:
         # reached through the gateway: clients connect to the egress, which picks the
         # remote cluster itself (health and strategy unchanged: they are the target's)
-        return TargetRecord(
-            cluster=t.cluster,
-            region=t.region,
-            healthy=not reason,
-            ipv4=(egress,) if isinstance(egress, IPv4Address) else (),
-            ipv6=(egress,) if isinstance(egress, IPv6Address) else (),
-            reason=reason,
-            via="egress",
-        )
+        via = "egress"
+        v4 = [egress] if isinstance(egress, IPv4Address) else []
+        v6 = [egress] if isinstance(egress, IPv6Address) else []
     return TargetRecord(
         cluster=t.cluster,
         region=t.region,
@@ -223,6 +218,7 @@ def _target_record(
         ipv4=tuple(v4),
         ipv6=tuple(v6),
         reason=reason,
+        via=via,
     )
 
 
