@@ -36,8 +36,8 @@ from atoll_gateway.forward import forward
 from atoll_gateway.naming import ServiceName, server_name
 from atoll_gateway.routes import EgressRoute, EgressTarget
 from atoll_gateway.runtime import Runtime
-from atoll_gateway.tlsio import connect_socket, connect_tls
-from atoll_gateway.upstream import connect_first
+from atoll_gateway.tlsio import connect_socket
+from atoll_gateway.upstream import connect_first, connect_verified
 
 __all__ = ["handle_egress"]
 
@@ -52,27 +52,19 @@ def _peer_key(target: EgressTarget, ep: Endpoint) -> str:
 async def _open_gateway(
     rt: Runtime, route: EgressRoute, target: EgressTarget, ep: Endpoint
 ) -> socket.socket:
-    ctx = rt.identity.client_context(cluster_domain(rt.federation, target.cluster))
     sni = server_name(
         ServiceName(route.namespace, route.name, route.port.port, target.cluster), rt.table.zone
     )
-    session = rt.identity.session(_peer_key(target, ep))
     async with asyncio.timeout(rt.config.connect_timeout + rt.config.handshake_timeout):
-        tls = await connect_tls(ep, ctx, sni, session=session)
-    metrics.count_handshake(LISTENER, "client", tls.session_reused)
-    try:
-        rt.identity.verifier.verify(
-            tls, now=rt.clock(), expected=component_id(rt.federation, target.cluster, "gateway")
+        return await connect_verified(
+            rt,
+            ep,
+            rt.identity.client_context(cluster_domain(rt.federation, target.cluster)),
+            sni,
+            listener=LISTENER,
+            session=rt.identity.session(_peer_key(target, ep)),
+            expected=component_id(rt.federation, target.cluster, "gateway"),
         )
-    except BaseException:
-        tls.close()
-        raise
-    return tls
-
-
-async def _open_local(ep: Endpoint, limit: float) -> socket.socket:
-    async with asyncio.timeout(limit):
-        return await connect_socket(ep)
 
 
 async def _connect(
@@ -97,7 +89,7 @@ async def _connect(
                 limit = rt.config.connect_timeout
                 ep, upstream = await connect_first(
                     rt.balancer, route.key, endpoints, attempts=attempts, listener=LISTENER,
-                    destination=target.cluster, connect=lambda e, s=limit: _open_local(e, s),  # type: ignore[misc]
+                    destination=target.cluster, connect=lambda e, s=limit: connect_socket(e, s),  # type: ignore[misc]
                 )  # fmt: skip
             else:
                 gw = target.gateway

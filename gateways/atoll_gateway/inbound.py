@@ -33,7 +33,6 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from atoll.trusthub.naming import cluster_of_domain
@@ -50,8 +49,8 @@ from atoll_gateway.policy import authorize
 from atoll_gateway.proxyproto import TLV_AUTHORITY, TLV_SPIFFE_ID, encode_v2
 from atoll_gateway.routes import InboundService
 from atoll_gateway.runtime import Runtime
-from atoll_gateway.tlsio import accept_tls, connect_socket, connect_tls
-from atoll_gateway.upstream import connect_first
+from atoll_gateway.tlsio import accept_tls, connect_socket
+from atoll_gateway.upstream import connect_first, connect_verified
 from atoll_trust.errors import SvidVerificationError
 
 __all__ = ["Conn", "handle_inbound"]
@@ -93,9 +92,6 @@ async def _passthrough(
 ) -> None:
     rec.mode = "passthrough"
 
-    def connect(ep: Endpoint) -> Awaitable[socket.socket]:
-        return connect_socket(ep, rt.config.connect_timeout)
-
     ep, upstream = await connect_first(
         rt.balancer,
         svc.key,
@@ -103,7 +99,7 @@ async def _passthrough(
         attempts=rt.config.connect_attempts,
         listener=LISTENER,
         destination=rt.table.cluster,
-        connect=connect,
+        connect=lambda e: connect_socket(e, rt.config.connect_timeout),
     )
     rec.upstream = str(ep)
     metrics.child(
@@ -114,20 +110,18 @@ async def _passthrough(
 
 async def _open_endpoint(rt: Runtime, ep: Endpoint, svc: InboundService) -> socket.socket:
     """A connection to a local endpoint: plain, or mTLS with the gateway's SVID."""
+    if not svc.route.upstream_tls:
+        return await connect_socket(ep, rt.config.connect_timeout)
     own = rt.identity.spiffe_id.trust_domain
     async with asyncio.timeout(rt.config.connect_timeout):
-        if not svc.route.upstream_tls:
-            return await connect_socket(ep)
-        tls = await connect_tls(ep, rt.identity.client_context(own), ep.host)
-    metrics.count_handshake(LISTENER, "client", tls.session_reused)
-    try:
-        rt.identity.verifier.verify(
-            tls, now=rt.clock(), authorize=lambda peer: peer.trust_domain == own
+        return await connect_verified(
+            rt,
+            ep,
+            rt.identity.client_context(own),
+            ep.host,
+            listener=LISTENER,
+            authorize=lambda peer: peer.trust_domain == own,
         )
-    except BaseException:
-        tls.close()
-        raise
-    return tls
 
 
 async def _terminate(
