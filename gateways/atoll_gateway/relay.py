@@ -133,10 +133,10 @@ class _End:
     """
 
     __slots__ = (
+        "buffered",
         "fd",
         "incoming",
         "outgoing",
-        "pending",
         "poller",
         "recv_into",
         "send",
@@ -152,13 +152,13 @@ class _End:
         obj = getattr(sock, "_sslobj", None) if isinstance(sock, ssl.SSLSocket) else None
         self.recv_into: Callable[[bytearray], int]
         self.send: Callable[[memoryview], int]
-        self.pending: Callable[[], int] | None
+        self.buffered: Callable[[], int] | None
         if obj is not None and hasattr(obj, "read") and hasattr(obj, "write"):
             self.recv_into = functools.partial(obj.read, BUFFER_SIZE)
-            self.send, self.pending = obj.write, obj.pending
+            self.send, self.buffered = obj.write, obj.pending
         else:
             self.recv_into, self.send = sock.recv_into, sock.send
-            self.pending = getattr(sock, "pending", None)
+            self.buffered = getattr(sock, "pending", None)  # SSLSocket.pending(), if any
         self.outgoing: _Pump | None = None
         self.incoming: _Pump | None = None
 
@@ -264,7 +264,7 @@ class _CopyPump(_Pump):
             return
         src = self.src
         recv_into, buf, view = src.recv_into, self.buf, self.view
-        send, tls_pending = self.dst.send, src.pending
+        send, tls_buffered = self.dst.send, src.buffered
         for _ in range(_BATCH):
             try:
                 n = recv_into(buf)
@@ -293,7 +293,7 @@ class _CopyPump(_Pump):
                 self.pending = chunk[sent:] if sent else chunk
                 if not self._flush():
                     return
-            if n < BUFFER_SIZE and (tls_pending is None or not tls_pending()):
+            if n < BUFFER_SIZE and (tls_buffered is None or not tls_buffered()):
                 # a short read drained the socket (a TLS read returns one record, and
                 # a full record fills the buffer): wait for readiness rather than pay
                 # for a read that fails
@@ -390,8 +390,9 @@ class _Relay:
         self,
         client: socket.socket,
         upstream: socket.socket,
-        watch: RelayWatch | None,
-        on_finish: Callable[[], None] | None,
+        watch: RelayWatch | None = None,
+        *,
+        on_finish: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -470,16 +471,6 @@ class _Relay:
 class SpliceRelay(_Relay):
     """Zero-copy relay between two connected non-blocking TCP sockets (module doc)."""
 
-    def __init__(
-        self,
-        client: socket.socket,
-        upstream: socket.socket,
-        watch: RelayWatch | None = None,
-        *,
-        on_finish: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(client, upstream, watch, on_finish)
-
     def _make_pumps(self, client: _End, upstream: _End) -> tuple[_Pump, _Pump]:
         up = _SplicePump(self, client, upstream)
         try:
@@ -507,7 +498,7 @@ class CopyRelay(_Relay):
         prefix: bytes = b"",
         on_finish: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(client, upstream, watch, on_finish)
+        super().__init__(client, upstream, watch, on_finish=on_finish)
         self.prefix = prefix
 
     def _make_pumps(self, client: _End, upstream: _End) -> tuple[_Pump, _Pump]:
