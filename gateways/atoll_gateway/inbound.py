@@ -33,6 +33,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from atoll.trusthub.naming import cluster_of_domain
@@ -87,11 +88,15 @@ def _send(sock: socket.socket, data: bytes) -> None:
         sock.send(data)
 
 
-async def _passthrough(
-    rt: Runtime, rec: AccessRecord, conn: Conn, svc: InboundService, port: int
-) -> None:
-    rec.mode = "passthrough"
-
+async def _connect_endpoint(
+    rt: Runtime,
+    rec: AccessRecord,
+    svc: InboundService,
+    port: int,
+    connect: Callable[[Endpoint], Awaitable[socket.socket]],
+) -> socket.socket:
+    """A healthy local endpoint of ``svc`` (balanced, retried, outliers ejected),
+    recorded in the access log and counted as a connection of ``rec.mode``."""
     ep, upstream = await connect_first(
         rt.balancer,
         svc.key,
@@ -99,12 +104,22 @@ async def _passthrough(
         attempts=rt.config.connect_attempts,
         listener=LISTENER,
         destination=rt.table.cluster,
-        connect=lambda e: connect_socket(e, rt.config.connect_timeout),
+        connect=connect,
     )
     rec.upstream = str(ep)
     metrics.child(
-        metrics.CONNECTIONS, LISTENER, rec.source_cluster, rec.destination_cluster, "passthrough"
+        metrics.CONNECTIONS, LISTENER, rec.source_cluster, rec.destination_cluster, rec.mode or ""
     ).inc()
+    return upstream
+
+
+async def _passthrough(
+    rt: Runtime, rec: AccessRecord, conn: Conn, svc: InboundService, port: int
+) -> None:
+    rec.mode = "passthrough"
+    upstream = await _connect_endpoint(
+        rt, rec, svc, port, lambda e: connect_socket(e, rt.config.connect_timeout)
+    )
     await forward(rt, rec, conn.take(), upstream)
 
 
@@ -164,19 +179,9 @@ async def _terminate(
             if hello.server_name:
                 tlvs[TLV_AUTHORITY] = hello.server_name.encode()
             header = encode_v2(client.getpeername()[:2], client.getsockname()[:2], tlvs)
-        ep, connected = await connect_first(
-            rt.balancer,
-            svc.key,
-            svc.endpoints.get(port, ()),
-            attempts=rt.config.connect_attempts,
-            listener=LISTENER,
-            destination=rt.table.cluster,
-            connect=lambda e: _open_endpoint(rt, e, svc),
+        connected = await _connect_endpoint(
+            rt, rec, svc, port, lambda e: _open_endpoint(rt, e, svc)
         )
-        rec.upstream = str(ep)
-        metrics.child(
-            metrics.CONNECTIONS, LISTENER, rec.source_cluster, rec.destination_cluster, "terminate"
-        ).inc()
         await forward(rt, rec, client, connected, prefix=header)
     finally:
         client.close()  # a no-op once the relay has closed it
