@@ -98,6 +98,12 @@ class GatewayConfig(Frozen):
     #: close a relayed connection after this long without a byte either way (None: never)
     idle_timeout: float | None = Field(3600.0, gt=0.0, le=7 * 86400.0)
     outlier: OutlierConfig = Field(default_factory=OutlierConfig)
+    #: egress: idle pooled tunnels kept per peer gateway (0: a tunnel carries one stream)
+    tunnel_pool_size: int = Field(128, ge=0, le=100_000)
+    #: egress: close a pooled tunnel idle this long (the serving side waits idle_timeout)
+    tunnel_idle_timeout: float = Field(30.0, gt=0.0, le=3600.0)
+    #: egress: stop reusing a tunnel this old (bounds how long one handshake is relied on)
+    tunnel_max_age: float = Field(600.0, gt=0.0, le=86400.0)
     #: plain-TCP relay: splice (zero copy), copy (through a buffer), auto (splice on Linux)
     relay: Relay = "auto"
     #: largest ClientHello accepted (record bytes)

@@ -23,9 +23,11 @@ endpoint learns the caller's SPIFFE ID.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
+from dataclasses import dataclass
 
 from atoll.trusthub.naming import cluster_domain, component_id
 from atoll_gateway import metrics
@@ -33,10 +35,15 @@ from atoll_gateway.accesslog import AccessRecord
 from atoll_gateway.balancer import Endpoint
 from atoll_gateway.errors import UpstreamError
 from atoll_gateway.forward import forward
+from atoll_gateway.identity import TUNNEL_ALPN_POOLED
 from atoll_gateway.naming import ServiceName, server_name
+from atoll_gateway.relay import abort
 from atoll_gateway.routes import EgressRoute, EgressTarget
 from atoll_gateway.runtime import Runtime
 from atoll_gateway.tlsio import connect_socket
+from atoll_gateway.tunnelio import read_frame, send_frame
+from atoll_gateway.tunnelpool import Tunnel
+from atoll_gateway.tunnelproto import ACCEPT, REFUSE, FrameReader, TunnelProtocolError, open_frame
 from atoll_gateway.upstream import connect_first, connect_verified
 
 __all__ = ["handle_egress"]
@@ -49,9 +56,22 @@ def _peer_key(target: EgressTarget, ep: Endpoint) -> str:
     return f"{target.cluster}/{ep}"
 
 
+@dataclass(slots=True)
+class _Upstream:
+    """Where a local connection goes: a socket, and what kind of tunnel it is."""
+
+    sock: socket.socket
+    #: a stream opened on this pooled tunnel (returned to the pool if it ends cleanly)
+    tunnel: Tunnel | None = None
+    #: pooled: tunnel bytes that arrived with ACCEPT (the stream's first frames)
+    read: bytes = b""
+    #: a per-connection TLS tunnel to this peer: keep its session when it ends
+    session_key: str | None = None
+
+
 async def _open_gateway(
     rt: Runtime, route: EgressRoute, target: EgressTarget, ep: Endpoint
-) -> socket.socket:
+) -> ssl.SSLSocket:
     sni = server_name(
         ServiceName(route.namespace, route.name, route.port.port, target.cluster), rt.table.zone
     )
@@ -67,10 +87,70 @@ async def _open_gateway(
         )
 
 
-async def _connect(
-    rt: Runtime, rec: AccessRecord, route: EgressRoute
-) -> tuple[socket.socket, str | None]:
-    """The upstream socket, and the session key when it is a TLS tunnel to a peer gateway."""
+async def _open_stream(
+    rt: Runtime, route: EgressRoute, target: EgressTarget, ep: Endpoint
+) -> _Upstream:
+    """A stream to ``target``'s gateway: on a pooled tunnel when one is idle, else on a
+    new connection (pooled if the peer speaks it, per-connection if it predates pooling).
+
+    A pooled tunnel that fails before ACCEPT is replaced by a new connection once (no
+    client byte has left yet); a REFUSE is an :class:`UpstreamError` (the next target
+    is tried) and leaves the tunnel in the pool."""
+    key = _peer_key(target, ep)
+    context = rt.identity.client_context(cluster_domain(rt.federation, target.cluster))
+    tunnel = rt.tunnels.take(key, context)
+    name = server_name(
+        ServiceName(route.namespace, route.name, route.port.port, target.cluster), rt.table.zone
+    )
+    cfg = rt.config
+    while True:
+        reused = tunnel is not None
+        if tunnel is None:
+            tls = await _open_gateway(rt, route, target, ep)
+            if tls.selected_alpn_protocol() != TUNNEL_ALPN_POOLED:
+                return _Upstream(tls, session_key=key)
+            tunnel = Tunnel(tls, key, tls.context, rt.tunnels.clock())
+        reader = FrameReader()
+        try:
+            await send_frame(tunnel.tls, open_frame(name), timeout=cfg.handshake_timeout)
+            # the peer connects its endpoint before it answers
+            wait = cfg.connect_timeout * cfg.connect_attempts + cfg.handshake_timeout
+            frame = await read_frame(tunnel.tls, reader, timeout=wait)
+            if frame is None:
+                raise ConnectionResetError(errno.ECONNRESET, "the peer gateway closed the tunnel")
+        except (OSError, TimeoutError, TunnelProtocolError) as exc:
+            abort(tunnel.tls)
+            tunnel.close()
+            if reused:  # an idle tunnel the peer was closing: a new one instead
+                tunnel = None
+                continue
+            if isinstance(exc, TunnelProtocolError):
+                raise OSError(errno.EPROTO, str(exc)) from exc
+            raise
+        metrics.child(metrics.TUNNEL_STREAMS, "client", "true" if tunnel.streams else "false").inc()
+        tunnel.streams += 1
+        if frame.type == ACCEPT:
+            return _Upstream(tunnel.tls, tunnel=tunnel, read=reader.take_rest())
+        if frame.type == REFUSE and not reader.take_rest():
+            _keep(rt, tunnel)
+            reason, detail = frame.refusal()
+            metrics.child(metrics.UPSTREAM_FAILURES, LISTENER, target.cluster, "peer_refused").inc()
+            raise UpstreamError("peer_refused", f"{target.cluster}: {reason}: {detail}")
+        abort(tunnel.tls)
+        tunnel.close()
+        raise OSError(errno.EPROTO, f"tunnel protocol: {frame.name} where ACCEPT was due")
+
+
+def _keep(rt: Runtime, tunnel: Tunnel) -> None:
+    """Back to the pool (its TLS session kept for new tunnels, once per tunnel)."""
+    if not tunnel.session_kept:
+        tunnel.session_kept = True
+        rt.identity.remember_session(tunnel.key, tunnel.tls)
+    rt.tunnels.give(tunnel)
+
+
+async def _connect(rt: Runtime, rec: AccessRecord, route: EgressRoute) -> _Upstream:
+    """The upstream of a local connection: the first target of the ring that takes it."""
     if not route.decisions or not any(route.decisions):
         raise UpstreamError("no_healthy_target", f"{route.key} has no reachable healthy target")
     targets = route.decisions[rt.next_decision(route.key, len(route.decisions))]
@@ -91,18 +171,17 @@ async def _connect(
                     rt.balancer, route.key, endpoints, attempts=attempts, listener=LISTENER,
                     destination=target.cluster, connect=lambda e, s=limit: connect_socket(e, s),  # type: ignore[misc]
                 )  # fmt: skip
-            else:
-                gw = target.gateway
-                ep, upstream = await connect_first(
-                    rt.balancer, f"gateway/{target.cluster}", [gw], attempts=1,
-                    listener=LISTENER, destination=target.cluster,
-                    connect=lambda e, t=target: _open_gateway(rt, route, t, e),  # type: ignore[misc]
-                )  # fmt: skip
+                rec.upstream = str(ep)
+                return _Upstream(upstream)
+            ep, up = await connect_first(
+                rt.balancer, f"gateway/{target.cluster}", [target.gateway], attempts=1,
+                listener=LISTENER, destination=target.cluster,
+                connect=lambda e, t=target: _open_stream(rt, route, t, e),  # type: ignore[misc]
+            )  # fmt: skip
+            rec.upstream = str(ep)
+            return up
         except UpstreamError as exc:
             last = exc
-            continue
-        rec.upstream = str(ep)
-        return upstream, None if target.gateway is None else _peer_key(target, ep)
     raise last or UpstreamError("no_healthy_target", f"{route.key}: no target")
 
 
@@ -116,16 +195,20 @@ async def handle_egress(rt: Runtime, listen: Endpoint, sock: socket.socket, clie
         if route is None:
             raise UpstreamError("no_route", f"no egress route on {listen} any more")
         rec.service = f"{route.key}:{route.port.port}"
-        upstream, peer = await _connect(rt, rec, route)
+        up = await _connect(rt, rec, route)
         metrics.child(
             metrics.CONNECTIONS, LISTENER, rec.source_cluster, rec.destination_cluster, "egress"
         ).inc()
         handed_over = True
+        if up.tunnel is not None:
+            if await forward(rt, rec, sock, up.sock, tunnel="upstream", read=up.read):
+                _keep(rt, up.tunnel)
+            return
         on_finish = None
-        if peer is not None and isinstance(upstream, ssl.SSLSocket):
-            tls = upstream
-            on_finish = lambda: rt.identity.remember_session(peer, tls)  # noqa: E731
-        await forward(rt, rec, sock, upstream, on_finish=on_finish)
+        if up.session_key is not None and isinstance(up.sock, ssl.SSLSocket):
+            tls, key = up.sock, up.session_key
+            on_finish = lambda: rt.identity.remember_session(key, tls)  # noqa: E731
+        await forward(rt, rec, sock, up.sock, on_finish=on_finish)
     except UpstreamError as exc:
         rec.fail(exc.reason, str(exc))
     except asyncio.CancelledError:

@@ -1,6 +1,7 @@
 """Relaying one routed connection with its accounting: the last step of every handler.
 
-:func:`forward` picks the relay — :class:`~atoll_gateway.relay.SpliceRelay`
+:func:`forward` picks the relay — :class:`~atoll_gateway.tunnelrelay.TunnelRelay`
+for a stream of a pooled tunnel, :class:`~atoll_gateway.relay.SpliceRelay`
 when both sockets are plain TCP and splice is on, otherwise
 :class:`~atoll_gateway.relay.CopyRelay` — and wires it to the metrics (active
 connections; bytes counted every few seconds while the connection lives, not
@@ -13,12 +14,14 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Literal
 
 from atoll_gateway import metrics
 from atoll_gateway.accesslog import AccessRecord
 from atoll_gateway.relay import CopyRelay, SpliceRelay
 from atoll_gateway.relaywatch import RelayWatch
 from atoll_gateway.runtime import Runtime
+from atoll_gateway.tunnelrelay import TunnelRelay
 
 __all__ = ["forward"]
 
@@ -31,10 +34,15 @@ async def forward(
     *,
     prefix: bytes = b"",
     on_finish: Callable[[], None] | None = None,
-) -> None:
+    tunnel: Literal["client", "upstream"] | None = None,
+    read: bytes = b"",
+) -> bool:
     """Relay ``client`` ⇄ ``upstream`` until both ends are done (both sockets are taken over).
 
     ``on_finish`` runs when the relay ends, before the sockets close (TLS relays only).
+    ``tunnel`` names the side that is a pooled tunnel (``read``: its bytes already
+    received); True when that tunnel ended the stream cleanly and is still open —
+    the caller then owns it again.
     """
     labels = (rec.listener, rec.source_cluster, rec.destination_cluster)
     to_upstream = metrics.child(metrics.BYTES, *labels, "to_upstream")
@@ -47,8 +55,14 @@ async def forward(
     idle = rt.config.idle_timeout
     watch = RelayWatch(idle_timeout=idle, on_progress=progress)
     tls = isinstance(client, ssl.SSLSocket) or isinstance(upstream, ssl.SSLSocket)
-    relay: SpliceRelay | CopyRelay
-    if rt.splice and not tls and not prefix:
+    relay: SpliceRelay | CopyRelay | TunnelRelay
+    if tunnel is not None:
+        pair = (upstream, client) if tunnel == "client" else (client, upstream)
+        assert isinstance(pair[1], ssl.SSLSocket)
+        relay = TunnelRelay(
+            pair[0], pair[1], watch, stream_is_client=tunnel == "upstream", prefix=prefix, read=read
+        )
+    elif rt.splice and not tls and not prefix:
         relay = SpliceRelay(client, upstream, watch)
     else:
         relay = CopyRelay(client, upstream, watch, prefix=prefix, on_finish=on_finish)
@@ -62,3 +76,4 @@ async def forward(
         rec.fail("idle_timeout", f"no bytes in either direction for {idle}s")
     elif relay.error is not None:
         rec.fail("relay_error", f"{type(relay.error).__name__}: {relay.error}")
+    return isinstance(relay, TunnelRelay) and relay.reusable

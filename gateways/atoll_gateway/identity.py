@@ -12,8 +12,9 @@ its context when it starts; established connections keep theirs).
   check is :func:`atoll_trust.tls.verify_peer` against the peer's own domain's
   bundle, then the service's allow policy).
 * :meth:`client_context` — originating mTLS to a peer in one trust domain: trusts
-  only that domain's bundle (no pooling at all) and offers ALPN
-  :data:`TUNNEL_ALPN`, which tells a peer gateway to terminate.
+  only that domain's bundle (no pooling of trust) and offers the ALPN
+  protocols :data:`TUNNEL_ALPNS`, which tell a peer gateway to terminate —
+  pooled tunnels first, per-connection tunnels for gateways that predate them.
 * :attr:`verifier` — :class:`~atoll_trust.peercache.PeerVerifier` over the
   current bundles: each peer certificate is verified once, not per connection.
 * :meth:`session` / :meth:`remember_session` — the last TLS session per peer
@@ -42,10 +43,22 @@ from atoll_trust.spiffe_id import SpiffeId, TrustDomain
 from atoll_trust.tls import build_client_context, build_server_context
 from atoll_trust.workload_api.client import X509Context
 
-__all__ = ["TUNNEL_ALPN", "ContextSource", "GatewayIdentity", "StaticSource"]
+__all__ = [
+    "TUNNEL_ALPN",
+    "TUNNEL_ALPNS",
+    "TUNNEL_ALPN_POOLED",
+    "ContextSource",
+    "GatewayIdentity",
+    "StaticSource",
+]
 
-#: ALPN protocol offered by egress connections: "terminate me, I am a peer gateway"
+#: ALPN of a per-connection tunnel: "terminate me, I am a peer gateway" (one
+#: connection per client connection; what gateways before pooling speak)
 TUNNEL_ALPN = "atoll-tunnel/1"
+#: ALPN of a pooled tunnel (:mod:`atoll_gateway.tunnelproto`): streams one after another
+TUNNEL_ALPN_POOLED = "atoll-tunnel/2"
+#: both, in preference order (egress offers both; a gateway picks the first it knows)
+TUNNEL_ALPNS = [TUNNEL_ALPN_POOLED, TUNNEL_ALPN]
 
 
 class ContextSource(Protocol):
@@ -131,7 +144,7 @@ class GatewayIdentity:
         ctx = self._context()
         if self._server is None:
             server = build_server_context(ctx.svid, ctx.bundles)
-            server.set_alpn_protocols([TUNNEL_ALPN])
+            server.set_alpn_protocols(TUNNEL_ALPNS)
             server.options |= ssl.OP_IGNORE_UNEXPECTED_EOF  # FIN = half-close (relay doc)
             self._server = server
         return self._server
@@ -144,7 +157,7 @@ class GatewayIdentity:
             if bundle is None:
                 raise SvidVerificationError(f"no bundle for trust domain {peer} (not federated?)")
             client = build_client_context(ctx.svid, bundle)
-            client.set_alpn_protocols([TUNNEL_ALPN])
+            client.set_alpn_protocols(TUNNEL_ALPNS)
             client.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
             self._clients[peer] = client
         return client

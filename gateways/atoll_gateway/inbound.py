@@ -13,14 +13,18 @@ Per connection (:func:`handle_inbound`):
    timeout, retries) and relay the untouched TLS stream — the ClientHello is
    still in the socket, so the endpoint's own certificate reaches the client
    and workload mTLS stays end to end.
-4. **Terminate** (mode ``terminate``, or ALPN :data:`~atoll_gateway.identity.TUNNEL_ALPN`
-   from a peer gateway's egress): TLS handshake with the gateway's *current*
+4. **Terminate** (mode ``terminate``, or a tunnel ALPN from a peer gateway's
+   egress): TLS handshake with the gateway's *current*
    SVID, requiring a client certificate; the peer is verified against its own
    trust domain's bundle (:class:`atoll_trust.peercache.PeerVerifier`) and then the
    service's allow policy (:func:`atoll_gateway.policy.authorize`). Then a
    connection to the endpoint — plain, or mTLS with the gateway's SVID when
    ``upstream_tls`` — optionally prefixed with a PROXY v2 header carrying the
    verified peer ID (:mod:`atoll_gateway.proxyproto`).
+5. **Pooled tunnel** (ALPN :data:`~atoll_gateway.identity.TUNNEL_ALPN_POOLED`
+   negotiated): after the handshake and verification of step 4 the connection
+   carries one stream after another, each naming its own service
+   (:mod:`atoll_gateway.tunnelserve`); the SNI only had to route somewhere.
 
 Every path ends in one access-log line and the counters of
 :mod:`atoll_gateway.metrics`; nothing raised by one connection escapes it.
@@ -33,31 +37,33 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from atoll.trusthub.naming import cluster_of_domain
 from atoll_gateway import metrics
 from atoll_gateway.accesslog import AccessRecord
-from atoll_gateway.balancer import Endpoint
 from atoll_gateway.clienthello import ClientHello, tls_alert
+from atoll_gateway.endpoints import (
+    LISTENER,
+    authorized_header,
+    connect_endpoint,
+    open_terminated,
+)
 from atoll_gateway.errors import ClientHelloError, RouteError, UpstreamError
 from atoll_gateway.forward import forward
-from atoll_gateway.identity import TUNNEL_ALPN
+from atoll_gateway.identity import TUNNEL_ALPN, TUNNEL_ALPN_POOLED
 from atoll_gateway.naming import parse_server_name
 from atoll_gateway.peek import peek_client_hello
-from atoll_gateway.policy import authorize
-from atoll_gateway.proxyproto import TLV_AUTHORITY, TLV_SPIFFE_ID, encode_v2
 from atoll_gateway.routes import InboundService
 from atoll_gateway.runtime import Runtime
 from atoll_gateway.tlsio import accept_tls, connect_socket
-from atoll_gateway.upstream import connect_first, connect_verified
+from atoll_gateway.tunnelproto import TunnelProtocolError
+from atoll_gateway.tunnelserve import serve_tunnel
 from atoll_trust.errors import SvidVerificationError
 
 __all__ = ["Conn", "handle_inbound"]
 
 log = logging.getLogger("atoll.gateway.inbound")
-LISTENER = "inbound"
 
 
 @dataclass(slots=True)
@@ -88,55 +94,14 @@ def _send(sock: socket.socket, data: bytes) -> None:
         sock.send(data)
 
 
-async def _connect_endpoint(
-    rt: Runtime,
-    rec: AccessRecord,
-    svc: InboundService,
-    port: int,
-    connect: Callable[[Endpoint], Awaitable[socket.socket]],
-) -> socket.socket:
-    """A healthy local endpoint of ``svc`` (balanced, retried, outliers ejected),
-    recorded in the access log and counted as a connection of ``rec.mode``."""
-    ep, upstream = await connect_first(
-        rt.balancer,
-        svc.key,
-        svc.endpoints.get(port, ()),
-        attempts=rt.config.connect_attempts,
-        listener=LISTENER,
-        destination=rt.table.cluster,
-        connect=connect,
-    )
-    rec.upstream = str(ep)
-    metrics.child(
-        metrics.CONNECTIONS, LISTENER, rec.source_cluster, rec.destination_cluster, rec.mode or ""
-    ).inc()
-    return upstream
-
-
 async def _passthrough(
     rt: Runtime, rec: AccessRecord, conn: Conn, svc: InboundService, port: int
 ) -> None:
     rec.mode = "passthrough"
-    upstream = await _connect_endpoint(
+    upstream = await connect_endpoint(
         rt, rec, svc, port, lambda e: connect_socket(e, rt.config.connect_timeout)
     )
     await forward(rt, rec, conn.take(), upstream)
-
-
-async def _open_endpoint(rt: Runtime, ep: Endpoint, svc: InboundService) -> socket.socket:
-    """A connection to a local endpoint: plain, or mTLS with the gateway's SVID."""
-    if not svc.route.upstream_tls:
-        return await connect_socket(ep, rt.config.connect_timeout)
-    own = rt.identity.spiffe_id.trust_domain
-    async with asyncio.timeout(rt.config.connect_timeout):
-        return await connect_verified(
-            rt,
-            ep,
-            rt.identity.client_context(own),
-            ep.host,
-            listener=LISTENER,
-            authorize=lambda peer: peer.trust_domain == own,
-        )
 
 
 async def _terminate(
@@ -170,17 +135,16 @@ async def _terminate(
         rec.source_cluster = (
             cluster_of_domain(rt.federation, peer.trust_domain) or peer.trust_domain.name
         )
-        verdict = authorize(svc.allow, peer)
-        if not verdict.allowed:
-            raise ClientHelloError("forbidden", verdict.reason)
-        header = b""
-        if svc.route.proxy_protocol:
-            tlvs = {TLV_SPIFFE_ID: str(peer).encode()}
-            if hello.server_name:
-                tlvs[TLV_AUTHORITY] = hello.server_name.encode()
-            header = encode_v2(client.getpeername()[:2], client.getsockname()[:2], tlvs)
-        connected = await _connect_endpoint(
-            rt, rec, svc, port, lambda e: _open_endpoint(rt, e, svc)
+        if client.selected_alpn_protocol() == TUNNEL_ALPN_POOLED:
+            rec.mode = "tunnel"
+            streams = await serve_tunnel(rt, client, rec.client, rec.source_cluster)
+            rec.detail = f"{streams} stream(s)"
+            return
+        header = authorized_header(
+            svc, peer, hello.server_name, (client.getpeername()[:2], client.getsockname()[:2])
+        )
+        connected = await connect_endpoint(
+            rt, rec, svc, port, lambda e: open_terminated(rt, e, svc)
         )
         await forward(rt, rec, client, connected, prefix=header)
     finally:
@@ -201,12 +165,15 @@ async def handle_inbound(rt: Runtime, sock: socket.socket, client: str) -> None:
         table = rt.table
         svc, port = table.inbound_route(parse_server_name(hello.server_name, table.zone))
         rec.service = f"{svc.key}:{port.port}"
-        if svc.route.mode == "passthrough" and TUNNEL_ALPN not in hello.alpn:
+        tunnel = TUNNEL_ALPN in hello.alpn or TUNNEL_ALPN_POOLED in hello.alpn
+        if svc.route.mode == "passthrough" and not tunnel:
             await _passthrough(rt, rec, conn, svc, port.port)
         else:
             await _terminate(rt, rec, conn, svc, port.port, hello)
     except ClientHelloError as exc:
         metrics.child(metrics.HANDSHAKE_FAILURES, LISTENER, exc.reason).inc()
+        rec.fail(exc.reason, str(exc))
+    except TunnelProtocolError as exc:
         rec.fail(exc.reason, str(exc))
     except RouteError as exc:
         metrics.child(metrics.ROUTE_FAILURES, exc.reason).inc()

@@ -30,6 +30,8 @@ __all__ = [
     "REFUSED",
     "ROUTE_FAILURES",
     "TLS_HANDSHAKES",
+    "TUNNELS_IDLE",
+    "TUNNEL_STREAMS",
     "UPSTREAM_CONNECT_SECONDS",
     "UPSTREAM_FAILURES",
     "child",
@@ -58,6 +60,15 @@ TLS_HANDSHAKES = Counter(
     "atoll_gateway_tls_handshakes_total",
     "Completed TLS handshakes (role: server | client; resumed: a session ticket was used)",
     ["listener", "role", "resumed"],
+)
+TUNNEL_STREAMS = Counter(
+    "atoll_gateway_tunnel_streams_total",
+    "Streams opened on pooled gateway-to-gateway tunnels (role: client | server; "
+    "reused: the tunnel had carried a stream before, so no handshake was needed)",
+    ["role", "reused"],
+)
+TUNNELS_IDLE = Gauge(
+    "atoll_gateway_tunnels_idle", "Pooled tunnels waiting for their next stream", ["role"]
 )
 ROUTE_FAILURES = Counter(
     "atoll_gateway_route_failures_total", "Server names that route nowhere", ["reason"]

@@ -250,6 +250,11 @@ class GatewayNode:
         self.config = new
         self.runtime.config = new
         self.runtime.balancer.set_config(new.outlier)
+        self.runtime.tunnels.configure(
+            max_idle=new.tunnel_pool_size,
+            idle_timeout=new.tunnel_idle_timeout,
+            max_age=new.tunnel_max_age,
+        )
         self.rebuild()
         log.info("config applied", extra={"cluster": new.cluster})
 
@@ -304,6 +309,7 @@ class GatewayNode:
         """Stop accepting; wait for in-flight connections; cancel what is left. Returns
         how many connections had to be cancelled."""
         self.draining = True
+        self.runtime.start_drain()
         if self.inbound is not None:
             self.inbound.close()
         for listener in self.egress.values():
@@ -412,6 +418,7 @@ class GatewayNode:
             if not frozen:
                 frozen = True
                 freeze_startup_objects(f"gateway/{self.config.cluster}")
+            self.runtime.tunnels.expire()
             mtime = self._mtime()
             if mtime != self._config_mtime:
                 self._config_mtime = mtime

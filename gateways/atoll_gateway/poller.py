@@ -113,11 +113,20 @@ class Poller:
                     w.crashed(exc)
 
     # a timer only when it must wait: asyncio.timeout costs ~5% of a new connection
-    async def wait(self, fd: int, *, write: bool, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def wait(
+        self,
+        fd: int,
+        *,
+        write: bool,
+        timeout: float | None = None,  # noqa: ASYNC109
+        wake: set[asyncio.Future[None]] | None = None,
+    ) -> None:
         """Until ``fd`` is readable (or writable); for one-off waits such as handshakes.
 
         ``timeout`` raises :class:`TimeoutError` (a timer on the future: cheaper than
         ``asyncio.timeout``, which the per-connection path would pay at every step).
+        While waiting, the future is in ``wake``: whoever holds the set may end the
+        wait early by setting its result (the caller then finds the fd not ready).
         It takes the fd over for the wait and forgets it afterwards: never on an
         fd a relay is watching."""
         loop = asyncio.get_running_loop()
@@ -125,9 +134,13 @@ class Poller:
         waiter = _Once(fut)
         self.watch(fd, waiter, read=not write, write=write)
         timer = loop.call_later(timeout, _expire, fut) if timeout is not None else None
+        if wake is not None:
+            wake.add(fut)
         try:
             await fut
         finally:
+            if wake is not None:
+                wake.discard(fut)
             if timer is not None:
                 timer.cancel()
             self.watch(fd, None, read=False, write=False)

@@ -60,7 +60,14 @@ from collections.abc import Callable
 from atoll_gateway.poller import Poller, poller
 from atoll_gateway.relaywatch import RelayWatch
 
-__all__ = ["BUFFER_SIZE", "CopyRelay", "SpliceRelay", "pooled_pipes", "splice_supported"]
+__all__ = [
+    "BUFFER_SIZE",
+    "CopyRelay",
+    "SpliceRelay",
+    "abort",
+    "pooled_pipes",
+    "splice_supported",
+]
 
 log = logging.getLogger("atoll.gateway.relay")
 
@@ -105,7 +112,7 @@ def pooled_pipes() -> int:
     return len(_POOL)
 
 
-def _abort(*socks: socket.socket) -> None:
+def abort(*socks: socket.socket) -> None:
     """Make the coming close a reset: a failed side is passed on as a failure, not an EOF."""
     for sock in socks:
         with contextlib.suppress(OSError):
@@ -150,7 +157,7 @@ class _End:
         # the C methods, without ssl.SSLSocket's Python wrappers (a third of a
         # terminated connection's CPU); the public ones where CPython differs
         obj = getattr(sock, "_sslobj", None) if isinstance(sock, ssl.SSLSocket) else None
-        self.recv_into: Callable[[bytearray], int]
+        self.recv_into: Callable[[bytearray | memoryview], int]
         self.send: Callable[[memoryview], int]
         self.buffered: Callable[[], int] | None
         if obj is not None and hasattr(obj, "read") and hasattr(obj, "write"):
@@ -440,8 +447,7 @@ class _Relay:
         self._done = loop.create_future()
         ends: tuple[_End, _End] | None = None
         try:
-            p = poller(loop)
-            ends = (_End(p, self.client), _End(p, self.upstream))
+            ends = self._make_ends(poller(loop))
             self._pumps = self._make_pumps(*ends)
             self.watch.start(loop, self._done, self.totals)
             for pump in self._pumps:
@@ -456,16 +462,23 @@ class _Relay:
                     self.on_finish()
                 except Exception:  # a hook's bug must not keep the sockets open
                     log.exception("relay on_finish hook failed")
-            if ends is not None:
-                for end in ends:
-                    end.forget()  # before the close: a recycled fd must not inherit it
             if self._pumps is not None:
                 for pump in self._pumps:
                     pump.release()
-            if self.failed:
-                _abort(self.client, self.upstream)
-            self.client.close()
-            self.upstream.close()
+            self._close(ends)
+
+    def _make_ends(self, p: Poller) -> tuple[_End, _End]:
+        return _End(p, self.client), _End(p, self.upstream)
+
+    def _close(self, ends: tuple[_End, _End] | None) -> None:
+        """Close both sockets (reset them if the relay failed)."""
+        if ends is not None:
+            for end in ends:
+                end.forget()  # before the close: a recycled fd must not inherit it
+        if self.failed:
+            abort(self.client, self.upstream)
+        self.client.close()
+        self.upstream.close()
 
 
 class SpliceRelay(_Relay):

@@ -4,7 +4,8 @@ One :class:`Runtime` per gateway process. The node replaces ``config`` and
 ``table`` wholesale (immutable values, swapped by assignment, so a handler
 sees one consistent version from the moment it looks); ``balancer`` keeps
 outlier state across table swaps. ``connections`` holds every handler task,
-which is what the connection limit counts and what a drain waits for.
+which is what the connection limit counts and what a drain waits for;
+``tunnels`` the egress's idle pooled tunnels (:mod:`atoll_gateway.tunnelpool`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from atoll_gateway.balancer import Balancer
 from atoll_gateway.config import GatewayConfig
 from atoll_gateway.identity import GatewayIdentity
 from atoll_gateway.routes import RouteTable
+from atoll_gateway.tunnelpool import TunnelPool
 from atoll_trust.spiffe_id import TrustDomain
 
 __all__ = ["Runtime"]
@@ -38,6 +40,28 @@ class Runtime:
     connections: set[asyncio.Task[Any]] = field(default_factory=set)
     #: per egress route: next ring position
     egress_cursor: dict[str, int] = field(default_factory=dict)
+    #: a drain has begun: pooled tunnels stop taking streams
+    draining: bool = False
+    #: waits of served tunnels between streams (a drain ends them at once)
+    tunnel_waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    #: the egress's idle pooled tunnels to peer gateways
+    tunnels: TunnelPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.tunnels = TunnelPool(
+            max_idle=c.tunnel_pool_size,
+            idle_timeout=c.tunnel_idle_timeout,
+            max_age=c.tunnel_max_age,
+        )
+
+    def start_drain(self) -> None:
+        """Stop pooling: idle tunnels close on both sides, busy ones after their stream."""
+        self.draining = True
+        self.tunnels.close()
+        for waiter in list(self.tunnel_waiters):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def next_decision(self, key: str, n: int) -> int:
         k = self.egress_cursor.get(key, 0)

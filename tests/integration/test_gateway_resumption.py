@@ -26,7 +26,7 @@ import pytest
 
 from atoll.aio import cancel_and_wait, spawn
 from atoll_gateway.balancer import Endpoint
-from atoll_gateway.identity import TUNNEL_ALPN, GatewayIdentity, StaticSource
+from atoll_gateway.identity import TUNNEL_ALPN_POOLED, GatewayIdentity, StaticSource
 from atoll_gateway.poller import poller
 from atoll_gateway.relay import CopyRelay
 from atoll_gateway.testing import TestPki
@@ -174,7 +174,7 @@ async def call(
     async with asyncio.timeout(10):
         tls = await connect_tls(Endpoint(HOST, east.port), ctx, SNI, session=identity.session(key))
     try:
-        assert tls.selected_alpn_protocol() == TUNNEL_ALPN
+        assert tls.selected_alpn_protocol() == TUNNEL_ALPN_POOLED
         reused, chain = bool(tls.session_reused), len(peer_chain(tls))
         now = system_clock()
         peer = identity.verifier.verify(tls, now=now, expected=EAST_GW).spiffe_id
@@ -231,8 +231,8 @@ async def test_the_second_connection_resumes_and_is_still_identified(east: EchoS
 
     # east identified the client on both connections, the resumed one from its cache
     assert [(a.reused, a.peer, a.alpn) for a in east.accepted] == [
-        (False, WEST_GW, TUNNEL_ALPN),
-        (True, WEST_GW, TUNNEL_ALPN),
+        (False, WEST_GW, TUNNEL_ALPN_POOLED),
+        (True, WEST_GW, TUNNEL_ALPN_POOLED),
     ]
     assert (east.identity.verifier.hits, east.identity.verifier.misses) == (1, 1)
 

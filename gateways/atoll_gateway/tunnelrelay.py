@@ -1,0 +1,297 @@
+"""Relaying one stream of a pooled tunnel (:mod:`atoll_gateway.tunnelproto`).
+
+:class:`TunnelRelay` joins a *stream* socket (the local client at the egress,
+the endpoint at the serving gateway; plain or TLS) to a *tunnel* (an mTLS
+``SSLSocket`` to the peer gateway) with the relay contract of
+:mod:`atoll_gateway.relay`, except for the ending:
+
+* the stream → tunnel direction (:class:`_FramePump`) reads at most
+  ``BUFFER_SIZE - 4`` bytes behind a 4-byte gap, writes the DATA header into
+  the gap and sends header and payload with one TLS write — one frame is one
+  TLS record, so the other side usually reads exactly one frame per read;
+  the stream's EOF becomes a FIN frame (not a TCP FIN: the tunnel lives on);
+* the tunnel → stream direction (:class:`_DeframePump`) reads records,
+  forwards DATA payloads (slices of its buffer, no copy), and turns the
+  peer's FIN frame into a half-close of the stream;
+* when both directions have finished cleanly the stream socket is closed and
+  the tunnel is left **open** and out of the poller, ready for the next stream
+  (:attr:`TunnelRelay.reusable`); when anything failed — a reset, the idle
+  timeout, a protocol error, the tunnel closing inside a stream — both are
+  reset, as a plain relay would do.
+
+``prefix`` (a PROXY header at the serving gateway) goes to the stream socket
+before anything from the tunnel; ``read`` holds tunnel bytes that arrived with
+the control frame that opened the stream (parsed first).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+import struct
+
+from atoll_gateway.poller import Poller
+from atoll_gateway.relay import (
+    _BATCH,
+    _DONE,
+    _SRC_READABLE,
+    _SRC_WRITABLE,
+    _WANT_READ,
+    BUFFER_SIZE,
+    _CopyPump,
+    _End,
+    _Pump,
+    _Relay,
+    abort,
+)
+from atoll_gateway.relaywatch import RelayWatch
+from atoll_gateway.tunnelproto import DATA, FIN, FIN_FRAME, HEADER, MAX_LENGTH
+
+__all__ = ["TunnelRelay"]
+
+_WORD = struct.Struct(">I")
+_DATA_BITS = DATA << 24
+#: payload per frame: header and payload fill one TLS record (16 KiB of plaintext)
+_BODY = BUFFER_SIZE - HEADER
+
+
+class _TunnelEnd(_End):
+    """The tunnel's end: a finished direction sends a FIN *frame* (the pump does), never
+    a TCP half-close — the connection carries the next stream."""
+
+    __slots__ = ()
+
+    def half_close(self) -> None:
+        pass
+
+
+class _FramePump(_CopyPump):
+    """stream → tunnel: each read becomes one DATA frame, the EOF a FIN frame."""
+
+    __slots__ = ("body", "closing")
+
+    def __init__(self, owner: _Relay, src: _End, dst: _End) -> None:
+        super().__init__(owner, src, dst, b"")
+        self.body = self.view[HEADER:]
+        #: the FIN frame is queued: finished once it is sent
+        self.closing = False
+
+    def step(self) -> None:
+        if self.wait == _DONE or self.owner.closed:
+            return
+        if self.pending is not None and not self._flush():
+            return
+        if self.closing:
+            self._eof()
+            return
+        src = self.src
+        recv_into, buf, view, body = src.recv_into, self.buf, self.view, self.body
+        send, tls_buffered = self.dst.send, src.buffered
+        pack = _WORD.pack_into
+        for _ in range(_BATCH):
+            try:
+                n = recv_into(body)
+            except _WANT_READ:
+                self._set(_SRC_READABLE)
+                return
+            except ssl.SSLWantWriteError:
+                self._set(_SRC_WRITABLE)
+                return
+            except ssl.SSLZeroReturnError:
+                n = 0
+            except OSError as exc:
+                self.owner.fail(exc)
+                return
+            if n == 0:
+                self.closing = True
+                self.pending = memoryview(FIN_FRAME)
+                if self._flush():
+                    self._eof()
+                return
+            self.total += n
+            pack(buf, 0, _DATA_BITS | n)
+            size = n + HEADER
+            frame = view[:size]
+            try:
+                sent = send(frame)
+            except OSError:  # would block, TLS wants the other readiness, or failed
+                sent = 0
+            if sent < size:
+                self.pending = frame[sent:] if sent else frame
+                if not self._flush():
+                    return
+            if n < _BODY and (tls_buffered is None or not tls_buffered()):
+                if self.wait != _SRC_READABLE:
+                    self._set(_SRC_READABLE)
+                return
+        self._yield()
+
+
+class _DeframePump(_CopyPump):
+    """tunnel → stream: DATA payloads to the stream, the FIN frame as its half-close."""
+
+    __slots__ = ("end", "head", "pos", "remaining")
+
+    def __init__(self, owner: _Relay, src: _End, dst: _End, prefix: bytes, read: bytes) -> None:
+        super().__init__(owner, src, dst, prefix)
+        #: the unparsed part of the buffer is ``buf[pos:end]`` (``read``: frames that
+        #: arrived with the control frame before the relay started)
+        self.buf[: len(read)] = read
+        self.pos, self.end = 0, len(read)
+        #: payload bytes of the current DATA frame still to come
+        self.remaining = 0
+        #: a header split across two reads
+        self.head = bytearray()
+
+    def step(self) -> None:
+        if self.wait == _DONE or self.owner.closed:
+            return
+        if self.pending is not None and not self._flush():
+            return
+        if self.pos < self.end and not self._parse():
+            return
+        src = self.src
+        recv_into, buf, view, tls_buffered = src.recv_into, self.buf, self.view, src.buffered
+        send, head, unpack = self.dst.send, self.head, _WORD.unpack_from
+        for _ in range(_BATCH):
+            try:
+                n = recv_into(buf)
+            except _WANT_READ:
+                self._set(_SRC_READABLE)
+                return
+            except ssl.SSLWantWriteError:
+                self._set(_SRC_WRITABLE)
+                return
+            except ssl.SSLZeroReturnError:
+                n = 0
+            except OSError as exc:
+                self.owner.fail(exc)
+                return
+            if n == 0:
+                self.owner.fail(ConnectionResetError(errno.ECONNRESET, "tunnel closed mid-stream"))
+                return
+            body = n - HEADER
+            if not self.remaining and body > 0 and not head and unpack(buf)[0] == _DATA_BITS | body:
+                # the common case: the read is exactly one DATA frame (one record)
+                self.total += body
+                chunk = view[HEADER:n]
+                try:
+                    sent = send(chunk)
+                except OSError:
+                    sent = 0
+                if sent < body:
+                    self.pending = chunk[sent:] if sent else chunk
+                    if not self._flush():
+                        return
+            else:
+                self.pos, self.end = 0, n
+                if not self._parse():
+                    return
+            if n < BUFFER_SIZE and (tls_buffered is None or not tls_buffered()):
+                if self.wait != _SRC_READABLE:
+                    self._set(_SRC_READABLE)
+                return
+        self._yield()
+
+    def _parse(self) -> bool:
+        """Forward the frames in ``buf[pos:end]``; False when the pump must stop here
+        (the stream would block, the FIN arrived, or the peer broke the protocol)."""
+        view, pos, end = self.view, self.pos, self.end
+        send = self.dst.send
+        while pos < end:
+            remaining = self.remaining
+            if remaining:
+                take = min(remaining, end - pos)
+                self.remaining = remaining - take
+                self.total += take
+                chunk = view[pos : pos + take]
+                pos += take
+                self.pos = pos
+                try:
+                    sent = send(chunk)
+                except OSError:
+                    sent = 0
+                if sent < take:
+                    self.pending = chunk[sent:] if sent else chunk
+                    if not self._flush():
+                        return False
+                continue
+            head = self.head
+            if head or end - pos < HEADER:
+                part = view[pos : min(pos + HEADER - len(head), end)]
+                head += part
+                pos += len(part)
+                if len(head) < HEADER:
+                    break
+                (word,) = _WORD.unpack(head)
+                head.clear()
+            else:
+                (word,) = _WORD.unpack_from(self.buf, pos)
+                pos += HEADER
+            kind, length = word >> 24, word & MAX_LENGTH
+            if kind == DATA and length:
+                self.remaining = length
+            elif kind == FIN and not length and pos == end:
+                self.pos = self.end = 0
+                self._eof()
+                return False
+            else:
+                self.pos = self.end = 0
+                what = "bytes after FIN" if kind == FIN and not length else f"frame type {kind}"
+                self.owner.fail(OSError(errno.EPROTO, f"tunnel protocol: {what} in a stream"))
+                return False
+        self.pos = self.end = 0
+        return True
+
+
+class TunnelRelay(_Relay):
+    """One stream over a pooled tunnel (module doc). ``stream_is_client``: the stream
+    socket is the connection's client (egress) rather than its upstream (the serving
+    gateway's endpoint) — it only orients the byte totals."""
+
+    def __init__(
+        self,
+        stream: socket.socket,
+        tunnel: ssl.SSLSocket,
+        watch: RelayWatch | None = None,
+        *,
+        stream_is_client: bool,
+        prefix: bytes = b"",
+        read: bytes = b"",
+    ) -> None:
+        if len(read) > BUFFER_SIZE:
+            raise ValueError("more than a buffer of tunnel bytes read ahead")
+        super().__init__(stream, tunnel, watch)
+        self.stream_is_client = stream_is_client
+        self.prefix = prefix
+        self.read = read
+        #: both directions ended cleanly: the tunnel is open and may carry the next stream
+        self.reusable = False
+
+    def _make_ends(self, p: Poller) -> tuple[_End, _End]:
+        return _End(p, self.client), _TunnelEnd(p, self.upstream)
+
+    def _make_pumps(self, client: _End, upstream: _End) -> tuple[_Pump, _Pump]:
+        return _FramePump(self, client, upstream), _DeframePump(
+            self, upstream, client, self.prefix, self.read
+        )
+
+    def totals(self) -> tuple[int, int]:
+        out, back = super().totals()  # stream → tunnel, tunnel → stream
+        return (out, back) if self.stream_is_client else (back, out)
+
+    def _close(self, ends: tuple[_End, _End] | None) -> None:
+        stream, tunnel = self.client, self.upstream
+        if ends is not None:
+            ends[0].forget()
+        if self.failed or ends is None or self._finished < 2:  # failed, timed out, cancelled
+            if ends is not None:
+                ends[1].forget()
+            abort(stream, tunnel)
+            stream.close()
+            tunnel.close()
+            return
+        ends[1].poller.watch(ends[1].fd, None, read=False, write=False)  # it stays open
+        stream.close()
+        self.reusable = True
