@@ -5,19 +5,25 @@ A local workload connects to the egress listener of an imported service
 ring (:mod:`atoll_gateway.routes`: the same targets, in the same order, that
 the DNS strategy would answer for this region) and tries its targets in order:
 
-* a **remote** cluster — mTLS to that cluster's gateway with *this* cluster's
-  gateway SVID (resuming the last session with that gateway when there is
-  one), trusting only the remote cluster's bundle, SNI
+* a **remote** cluster — a stream on a *pooled tunnel* to that cluster's
+  gateway (:mod:`atoll_gateway.tunnelproto`): an idle tunnel from
+  ``rt.tunnels`` when there is one, else a new mTLS connection with *this*
+  cluster's gateway SVID (resuming the last session with that gateway when
+  there is one), trusting only the remote cluster's bundle, SNI
   ``<port>.<service>.<namespace>.svc.<cluster>.<zone>`` and ALPN
-  :data:`~atoll_gateway.identity.TUNNEL_ALPN`; the server must present exactly
-  ``spiffe://<cluster>.<fed>/atoll/gateway``. A remote gateway whose connects
+  :data:`~atoll_gateway.identity.TUNNEL_ALPNS`; the server must present exactly
+  ``spiffe://<cluster>.<fed>/atoll/gateway``. The stream is relayed once the
+  peer ACCEPTs; a REFUSE (no endpoint there, not allowed) moves on to the
+  next target, and the tunnel goes back to the pool whenever a stream ends
+  cleanly. A peer that only speaks ``atoll-tunnel/1`` gets the connection
+  itself (one tunnel per client connection). A remote gateway whose connects
   keep failing is ejected like an endpoint and skipped while another target
   remains;
 * the **local** cluster — straight to a local endpoint (no gateway hop).
 
 The remote gateway terminates, authorizes this cluster's ID against the
-service's policy and forwards to its endpoint; with ``proxy_protocol`` the
-endpoint learns the caller's SPIFFE ID.
+service's policy (per stream) and forwards to its endpoint; with
+``proxy_protocol`` the endpoint learns the caller's SPIFFE ID.
 """
 
 from __future__ import annotations

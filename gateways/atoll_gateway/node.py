@@ -104,6 +104,10 @@ class GatewayStatus(Frozen):
     catalog_index: int | None
     #: idle splice pipes kept for reuse (two fds each; not a leak)
     pooled_pipes: int = Field(0, ge=0)
+    #: egress: idle pooled tunnels to peer gateways (one fd each)
+    tunnels_pooled: int = Field(0, ge=0)
+    #: served pooled tunnels waiting for their next stream (one fd each; a peer's pool)
+    tunnels_waiting: int = Field(0, ge=0)
 
 
 class GatewayNode:
@@ -361,6 +365,8 @@ class GatewayNode:
             sync_connected=self.sync.status().connected if self.sync is not None else False,
             catalog_index=self.snapshot.index if self.snapshot is not None else None,
             pooled_pipes=pooled_pipes(),
+            tunnels_pooled=len(self.runtime.tunnels),
+            tunnels_waiting=len(self.runtime.tunnel_waiters),
         )
 
     def admin_app(self) -> FastAPI:

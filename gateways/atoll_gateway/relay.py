@@ -275,17 +275,10 @@ class _CopyPump(_Pump):
         for _ in range(_BATCH):
             try:
                 n = recv_into(buf)
-            except _WANT_READ:
-                self._set(_SRC_READABLE)
-                return
-            except ssl.SSLWantWriteError:
-                self._set(_SRC_WRITABLE)
-                return
-            except ssl.SSLZeroReturnError:
-                n = 0
-            except OSError as exc:  # ssl.SSLError included; a reset under TLS is SSLEOFError
-                self.owner.fail(exc)
-                return
+            except OSError as exc:
+                n = self._read_failed(exc)
+                if n < 0:
+                    return
             if n == 0:
                 self._eof()
                 return
@@ -296,10 +289,8 @@ class _CopyPump(_Pump):
                 sent = send(chunk)
             except OSError:  # would block, TLS wants the other readiness, or failed
                 sent = 0
-            if sent < n:
-                self.pending = chunk[sent:] if sent else chunk
-                if not self._flush():
-                    return
+            if sent < n and not self._send_rest(chunk, sent):
+                return
             if n < BUFFER_SIZE and (tls_buffered is None or not tls_buffered()):
                 # a short read drained the socket (a TLS read returns one record, and
                 # a full record fills the buffer): wait for readiness rather than pay
@@ -308,6 +299,25 @@ class _CopyPump(_Pump):
                     self._set(_SRC_READABLE)
                 return
         self._yield()
+
+    def _read_failed(self, exc: OSError) -> int:
+        """A read of ``src`` raised (the uncommon path, kept out of the loops): 0 for a
+        clean TLS end of stream, -1 once the pump waits for readiness or has failed."""
+        if isinstance(exc, _WANT_READ):
+            self._set(_SRC_READABLE)
+        elif isinstance(exc, ssl.SSLWantWriteError):
+            self._set(_SRC_WRITABLE)
+        elif isinstance(exc, ssl.SSLZeroReturnError):
+            return 0
+        else:  # ssl.SSLError included; a reset under TLS is SSLEOFError
+            self.owner.fail(exc)
+        return -1
+
+    def _send_rest(self, chunk: memoryview, sent: int) -> bool:
+        """``dst`` took only ``sent`` bytes of ``chunk``: keep the rest and flush it;
+        False when ``dst`` would block (the wait is set) or failed."""
+        self.pending = chunk[sent:] if sent else chunk
+        return self._flush()
 
     def _flush(self) -> bool:
         """Send ``pending``; False when ``dst`` would block (the wait is set) or failed."""

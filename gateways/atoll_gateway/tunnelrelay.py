@@ -36,8 +36,6 @@ from atoll_gateway.relay import (
     _BATCH,
     _DONE,
     _SRC_READABLE,
-    _SRC_WRITABLE,
-    _WANT_READ,
     BUFFER_SIZE,
     _CopyPump,
     _End,
@@ -92,17 +90,10 @@ class _FramePump(_CopyPump):
         for _ in range(_BATCH):
             try:
                 n = recv_into(body)
-            except _WANT_READ:
-                self._set(_SRC_READABLE)
-                return
-            except ssl.SSLWantWriteError:
-                self._set(_SRC_WRITABLE)
-                return
-            except ssl.SSLZeroReturnError:
-                n = 0
             except OSError as exc:
-                self.owner.fail(exc)
-                return
+                n = self._read_failed(exc)
+                if n < 0:
+                    return
             if n == 0:
                 self.closing = True
                 self.pending = memoryview(FIN_FRAME)
@@ -117,10 +108,8 @@ class _FramePump(_CopyPump):
                 sent = send(frame)
             except OSError:  # would block, TLS wants the other readiness, or failed
                 sent = 0
-            if sent < size:
-                self.pending = frame[sent:] if sent else frame
-                if not self._flush():
-                    return
+            if sent < size and not self._send_rest(frame, sent):
+                return
             if n < _BODY and (tls_buffered is None or not tls_buffered()):
                 if self.wait != _SRC_READABLE:
                     self._set(_SRC_READABLE)
@@ -157,17 +146,10 @@ class _DeframePump(_CopyPump):
         for _ in range(_BATCH):
             try:
                 n = recv_into(buf)
-            except _WANT_READ:
-                self._set(_SRC_READABLE)
-                return
-            except ssl.SSLWantWriteError:
-                self._set(_SRC_WRITABLE)
-                return
-            except ssl.SSLZeroReturnError:
-                n = 0
             except OSError as exc:
-                self.owner.fail(exc)
-                return
+                n = self._read_failed(exc)
+                if n < 0:
+                    return
             if n == 0:
                 self.owner.fail(ConnectionResetError(errno.ECONNRESET, "tunnel closed mid-stream"))
                 return
@@ -180,10 +162,8 @@ class _DeframePump(_CopyPump):
                     sent = send(chunk)
                 except OSError:
                     sent = 0
-                if sent < body:
-                    self.pending = chunk[sent:] if sent else chunk
-                    if not self._flush():
-                        return
+                if sent < body and not self._send_rest(chunk, sent):
+                    return
             else:
                 self.pos, self.end = 0, n
                 if not self._parse():
@@ -212,10 +192,8 @@ class _DeframePump(_CopyPump):
                     sent = send(chunk)
                 except OSError:
                     sent = 0
-                if sent < take:
-                    self.pending = chunk[sent:] if sent else chunk
-                    if not self._flush():
-                        return False
+                if sent < take and not self._send_rest(chunk, sent):
+                    return False
                 continue
             head = self.head
             if head or end - pos < HEADER:

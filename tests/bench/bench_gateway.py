@@ -287,25 +287,25 @@ def _listening(host: str, port: int) -> bool:
     return False
 
 
-def handshake_counts(exposition: str) -> dict[str, float]:
-    """Terminating handshakes by kind (``resumed`` / ``full``) from a /metrics page."""
+def server_counts(exposition: str, metric: str, flag: str) -> dict[str, float]:
+    """A ``role="server"`` counter from a /metrics page, summed by its boolean label
+    ``flag`` (``true`` / ``false``)."""
     counts: dict[str, float] = {}
     for line in exposition.splitlines():
-        if (
-            not line.startswith("atoll_gateway_tls_handshakes_total{")
-            or 'role="server"' not in line
-        ):
+        if not line.startswith(metric + "{") or 'role="server"' not in line:
             continue
-        key = "resumed" if 'resumed="true"' in line else "full"
+        key = "true" if f'{flag}="true"' in line else "false"
         counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
 
 
 def fd_count(pid: int, admin: str) -> int:
-    """Open fds of the gateway, less the idle pipes it pools on purpose."""
+    """Open fds of the gateway, less what it keeps open on purpose: idle pipes, and
+    served tunnels waiting for the peer egress's next stream."""
     _, body = http_get(f"http://{admin}/v1/status")
-    pooled = int(json.loads(body or b"{}").get("pooled_pipes", 0))
-    return len(list(Path(f"/proc/{pid}/fd").iterdir())) - 2 * pooled
+    status = json.loads(body or b"{}")
+    kept = 2 * int(status.get("pooled_pipes", 0)) + int(status.get("tunnels_waiting", 0))
+    return len(list(Path(f"/proc/{pid}/fd").iterdir())) - kept
 
 
 def main() -> int:
@@ -517,12 +517,15 @@ def main() -> int:
             )
 
         _, metrics_body = http_get(f"http://{HOST}:{PORTS['east_admin']}/metrics")
-        handshakes = handshake_counts(metrics_body.decode())
-        if handshakes:
-            print(
-                "east gateway TLS handshakes as server: "
-                + ", ".join(f"{k} {v:.0f}" for k, v in sorted(handshakes.items()))
-            )
+        exposition = metrics_body.decode()
+        hs = server_counts(exposition, "atoll_gateway_tls_handshakes_total", "resumed")
+        streams = server_counts(exposition, "atoll_gateway_tunnel_streams_total", "reused")
+        print(
+            f"east gateway as server: TLS handshakes {hs.get('false', 0):.0f} full, "
+            f"{hs.get('true', 0):.0f} resumed; pooled-tunnel streams "
+            f"{streams.get('true', 0) + streams.get('false', 0):.0f}, of which "
+            f"{streams.get('true', 0):.0f} on a reused tunnel"
+        )
 
         # churn with an fd-leak check (the gateway under connection churn)
         time.sleep(1.0)  # let the last runs' connections close
