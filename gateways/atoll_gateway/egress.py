@@ -29,6 +29,7 @@ service's policy (per stream) and forwards to its endpoint; with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -118,12 +119,16 @@ async def _open_stream(
             tunnel = Tunnel(tls, key, tls.context, rt.tunnels.clock())
         reader = FrameReader()
         try:
+            if reused:  # a peer that vanished without a word: the kernel gives up quickly
+                _ack_timeout(tunnel.tls, cfg.connect_timeout)
             await send_frame(tunnel.tls, open_frame(name), timeout=cfg.handshake_timeout)
             # the peer connects its endpoint before it answers
             wait = cfg.connect_timeout * cfg.connect_attempts + cfg.handshake_timeout
             frame = await read_frame(tunnel.tls, reader, timeout=wait)
             if frame is None:
                 raise ConnectionResetError(errno.ECONNRESET, "the peer gateway closed the tunnel")
+            if reused:
+                _ack_timeout(tunnel.tls, None)
         except (OSError, TimeoutError, TunnelProtocolError) as exc:
             abort(tunnel.tls)
             tunnel.close()
@@ -145,6 +150,18 @@ async def _open_stream(
         abort(tunnel.tls)
         tunnel.close()
         raise OSError(errno.EPROTO, f"tunnel protocol: {frame.name} where ACCEPT was due")
+
+
+def _ack_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """``TCP_USER_TIMEOUT``: how long sent bytes may stay unacknowledged before the
+    kernel drops the connection (None: the system's default). Set while an OPEN
+    waits on a reused tunnel, so a peer that disappeared behind a partition (no
+    reset, no FIN) costs ``connect_timeout`` rather than the whole wait for
+    ACCEPT, which must allow for the peer's own endpoint connects; only while
+    waiting, since a slow reader mid-stream must not be cut off."""
+    ms = 0 if seconds is None else max(1, int(seconds * 1000))
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
 
 
 def _keep(rt: Runtime, tunnel: Tunnel) -> None:
