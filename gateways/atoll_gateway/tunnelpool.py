@@ -113,10 +113,13 @@ class TunnelPool:
     def give(self, tunnel: Tunnel) -> None:
         """Keep ``tunnel`` (its stream ended cleanly) for the next stream to its peer."""
         now = self.clock()
-        stack = self._idle.setdefault(tunnel.key, [])
-        if self.closed or len(stack) >= self.max_idle or now - tunnel.born >= self.max_age:
+        if self.closed or not self.max_idle or now - tunnel.born >= self.max_age:
             tunnel.close()
             return
+        stack = self._idle.setdefault(tunnel.key, [])
+        if len(stack) >= self.max_idle:  # full: the coldest goes, as in expire()
+            stack.pop(0).close()
+            self._gauge.dec()
         tunnel.idle_since = now
         stack.append(tunnel)
         self._gauge.inc()
@@ -134,6 +137,7 @@ class TunnelPool:
                     tunnel.close()
                     closed += 1
             stack[:] = keep
+        self._idle = {key: stack for key, stack in self._idle.items() if stack}
         self._gauge.dec(closed)
         return closed
 

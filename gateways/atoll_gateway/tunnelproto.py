@@ -67,9 +67,11 @@ HEADER = 4
 MAX_CONTROL = 1024
 MAX_LENGTH = (1 << 24) - 1
 _HEADER = struct.Struct(">I")
-_SERVER_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
-_REASON = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_SERVER_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _MAX_DETAIL = 300
+#: per control frame: a longer one fails at its header, without waiting for the payload
+_MAX_PAYLOAD = {OPEN: 253, ACCEPT: 0, REFUSE: MAX_CONTROL}
 
 
 class TunnelProtocolError(GatewayError):
@@ -107,7 +109,7 @@ FIN_FRAME = header(FIN, 0)
 
 def open_frame(server_name: str) -> bytes:
     name = server_name.lower()
-    if not _SERVER_NAME.match(name):
+    if not _SERVER_NAME.fullmatch(name):
         raise ValueError(f"not a server name: {server_name!r}")
     return header(OPEN, len(name)) + name.encode("ascii")
 
@@ -117,7 +119,7 @@ def accept_frame() -> bytes:
 
 
 def refuse_frame(reason: str, detail: str) -> bytes:
-    if not _REASON.match(reason):
+    if not _REASON.fullmatch(reason):
         raise ValueError(f"not a reason label: {reason!r}")
     text = detail.encode("ascii", "replace")[:_MAX_DETAIL].replace(b"\n", b" ")
     payload = reason.encode("ascii") + b":" + text
@@ -131,11 +133,11 @@ def _check(kind: int, payload: bytes) -> Frame:
             name = payload.decode("ascii")
         except UnicodeDecodeError:
             raise TunnelProtocolError("OPEN: the server name is not ASCII") from None
-        if not _SERVER_NAME.match(name):
+        if not _SERVER_NAME.fullmatch(name):
             raise TunnelProtocolError(f"OPEN: {name[:80]!r} is not a lower-case server name")
     elif kind == REFUSE:
         reason, sep, detail = payload.partition(b":")
-        if not sep or not _REASON.match(reason.decode("ascii", "replace")):
+        if not sep or not _REASON.fullmatch(reason.decode("ascii", "replace")):
             raise TunnelProtocolError("REFUSE: the payload is not '<reason>:<detail>'")
         try:
             detail.decode("ascii")
@@ -176,8 +178,10 @@ class FrameReader:
         kind, length = word >> 24, word & MAX_LENGTH
         if kind not in (OPEN, ACCEPT, REFUSE):
             raise TunnelProtocolError(f"expected a control frame, got {_NAMES.get(kind, kind)}")
-        if length > MAX_CONTROL:
-            raise TunnelProtocolError(f"{_NAMES[kind]}: {length} bytes is over {MAX_CONTROL}")
+        if length > _MAX_PAYLOAD[kind]:
+            raise TunnelProtocolError(
+                f"{_NAMES[kind]}: {length} bytes is over {_MAX_PAYLOAD[kind]}"
+            )
         if len(buf) < HEADER + length:
             return None
         payload = bytes(buf[HEADER : HEADER + length])

@@ -238,7 +238,9 @@ class TunnelRelay(_Relay):
         prefix: bytes = b"",
         read: bytes = b"",
     ) -> None:
-        if len(read) > BUFFER_SIZE:
+        if len(read) > BUFFER_SIZE:  # the relay owns the sockets already: close them
+            stream.close()
+            tunnel.close()
             raise ValueError("more than a buffer of tunnel bytes read ahead")
         super().__init__(stream, tunnel, watch)
         self.stream_is_client = stream_is_client

@@ -1,0 +1,895 @@
+"""Streams over a pooled tunnel on real sockets: :class:`TunnelRelay` and the frame I/O.
+
+The cross-cluster path of a pooled tunnel is rebuilt without the rest of the
+gateway, the way the gateways drive it: a TLS 1.3 connection over loopback
+is the tunnel; :func:`~atoll_gateway.tunnelio.send_frame` and
+:func:`~atoll_gateway.tunnelio.read_frame` exchange OPEN and ACCEPT; then a
+:class:`TunnelRelay` at each end (the egress's with the workload's socket,
+``stream_is_client=True``; the serving gateway's with the endpoint's) relays
+the stream, and when both directions ended cleanly the same two TLS sockets
+carry the next stream. Where a test needs a misbehaving peer, the far end of
+the tunnel is driven by hand (raw frames through ``send_frame``).
+
+Application sockets are read and written through the loop's
+:class:`~atoll_gateway.poller.Poller` (not ``loop.sock_*``), so the same
+scenarios run under uvloop (see ``tests/integration/test_gateway_poller.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import random
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from atoll.aio import cancel_and_wait, spawn
+from atoll_gateway.poller import poller
+from atoll_gateway.relay import BUFFER_SIZE, abort
+from atoll_gateway.relaywatch import RelayWatch
+from atoll_gateway.tlsio import handshake
+from atoll_gateway.tunnelio import read_frame, send_frame
+from atoll_gateway.tunnelpool import Tunnel, TunnelPool
+from atoll_gateway.tunnelproto import (
+    ACCEPT,
+    DATA,
+    FIN,
+    FIN_FRAME,
+    OPEN,
+    REFUSE,
+    Frame,
+    FrameReader,
+    TunnelProtocolError,
+    accept_frame,
+    header,
+    open_frame,
+    refuse_frame,
+)
+from atoll_gateway.tunnelrelay import TunnelRelay
+from tests.integration.test_gateway_poller import Run, _tcp_pair
+from tests.integration.test_gateway_poller import run as run  # the asyncio/uvloop fixture
+from tests.integration.test_gateway_relay import _contexts, _read_to_eof, _send_all
+
+HOST = "127.0.0.1"
+NAME = "echo.default.svc.east.atoll"
+#: socket buffers of the back-pressure test (locked: no autotuning to many MiB)
+SMALL = 32 * 1024
+_RESET = struct.pack("ii", 1, 0)
+_WAIT = 20.0
+
+
+def _tls13() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server, client = _contexts()
+    for ctx in (server, client):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return server, client
+
+
+SERVER_CTX, CLIENT_CTX = _tls13()
+
+
+# -- sockets ----------------------------------------------------------------------------
+
+
+def _shrink(sock: socket.socket, size: int) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def _listener(bufsize: int | None = None) -> socket.socket:
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if bufsize is not None:
+        _shrink(lst, bufsize)  # inherited by the accepted sockets
+    lst.bind((HOST, 0))
+    lst.listen(16)
+    return lst
+
+
+def _pair(bufsize: int | None = None) -> tuple[socket.socket, socket.socket]:
+    """A connected non-blocking loopback TCP pair (connecting side, accepted side)."""
+    lst = _listener(bufsize)
+    try:
+        out, inner = _tcp_pair(lst)
+    finally:
+        lst.close()
+    if bufsize is not None:
+        _shrink(out, bufsize)
+    out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    inner.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return out, inner
+
+
+@dataclass
+class Link:
+    """One tunnel: ``egress`` is the TLS client's end, ``serving`` the TLS server's."""
+
+    egress: ssl.SSLSocket
+    serving: ssl.SSLSocket
+
+    def close(self) -> None:
+        self.egress.close()
+        self.serving.close()
+
+
+async def _link(bufsize: int | None = None) -> Link:
+    out, inner = _pair(bufsize)
+    serving = SERVER_CTX.wrap_socket(inner, server_side=True, do_handshake_on_connect=False)
+    egress = CLIENT_CTX.wrap_socket(
+        out, server_hostname="gw.relay.test", do_handshake_on_connect=False
+    )
+    await asyncio.wait_for(asyncio.gather(handshake(serving), handshake(egress)), _WAIT)
+    assert egress.version() == "TLSv1.3"
+    return Link(egress, serving)
+
+
+async def _wait(sock: socket.socket, *, write: bool = False) -> None:
+    await poller().wait(sock.fileno(), write=write, timeout=_WAIT)
+
+
+async def _send(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            await _wait(sock, write=True)
+
+
+async def _read(sock: socket.socket, limit: int | None = None) -> bytes:
+    """Up to EOF, or exactly ``limit`` bytes; a reset raises :class:`ConnectionResetError`."""
+    data = bytearray()
+    while limit is None or len(data) < limit:
+        try:
+            chunk = sock.recv(1 << 16 if limit is None else limit - len(data))
+        except BlockingIOError:
+            await _wait(sock)
+            continue
+        if not chunk:
+            if limit is not None:
+                raise EOFError(f"EOF after {len(data)} of {limit} bytes")
+            break
+        data += chunk
+    return bytes(data)
+
+
+async def _recv_tls(tls: ssl.SSLSocket) -> bytes:
+    """One read on a tunnel driven by hand (b"" at its end)."""
+    while True:
+        try:
+            return tls.recv(1 << 16)
+        except ssl.SSLWantReadError:
+            await _wait(tls)
+        except ssl.SSLZeroReturnError:
+            return b""
+
+
+async def _read_frames(tls: ssl.SSLSocket) -> tuple[bytes, list[int]]:
+    """What a relay sends to a hand-driven peer: the DATA payloads up to the FIN, and the
+    size of every frame (one frame per TLS record, the relay's contract)."""
+    buf, out = bytearray(), bytearray()
+    sizes: list[int] = []
+    while True:
+        chunk = await _recv_tls(tls)
+        assert chunk, "the tunnel ended before the FIN"
+        buf += chunk
+        while len(buf) >= 4:
+            (word,) = struct.unpack_from(">I", buf)
+            kind, length = word >> 24, word & 0xFFFFFF
+            if kind == FIN:
+                assert length == 0 and len(buf) == 4, "the FIN is alone and last"
+                return bytes(out), sizes
+            assert kind == DATA and length > 0
+            if len(buf) < 4 + length:
+                break
+            out += buf[4 : 4 + length]
+            sizes.append(4 + length)
+            del buf[: 4 + length]
+
+
+async def _tunnel_is_gone(tls: ssl.SSLSocket) -> bool:
+    """The far end of a tunnel sees it end (a reset, or an EOF) rather than more bytes."""
+    try:
+        return await _recv_tls(tls) == b""
+    except (ConnectionResetError, ssl.SSLEOFError):
+        return True
+
+
+# -- one stream through two relays ------------------------------------------------------
+
+
+async def _open(link: Link, name: str = NAME) -> tuple[bytes, bytes]:
+    """OPEN → ACCEPT as the gateways do it; the bytes read past each control frame."""
+    await send_frame(link.egress, open_frame(name), timeout=_WAIT)
+    at_serving = FrameReader()
+    assert await read_frame(link.serving, at_serving, timeout=_WAIT) == Frame(OPEN, name.encode())
+    await send_frame(link.serving, accept_frame(), timeout=_WAIT)
+    at_egress = FrameReader()
+    assert await read_frame(link.egress, at_egress, timeout=_WAIT) == Frame(ACCEPT)
+    return at_egress.take_rest(), at_serving.take_rest()
+
+
+@dataclass
+class Stream:
+    app_client: socket.socket  # the workload, connected to the egress
+    app_server: socket.socket  # the endpoint, connected from the serving gateway
+    egress: TunnelRelay
+    serving: TunnelRelay
+    runs: list[asyncio.Task[tuple[int, int]]]
+
+    async def finish(self) -> list[tuple[int, int]]:
+        return list(await asyncio.wait_for(asyncio.gather(*self.runs), _WAIT))
+
+    async def close(self) -> None:
+        await cancel_and_wait(*self.runs)
+        self.app_client.close()
+        self.app_server.close()
+
+
+async def _stream(
+    link: Link,
+    *,
+    prefix: bytes = b"",
+    bufsize: int | None = None,
+    watch: RelayWatch | None = None,
+) -> Stream:
+    egress_rest, serving_rest = await _open(link)
+    app_client, egress_in = _pair(bufsize)
+    serving_out, app_server = _pair(bufsize)
+    egress = TunnelRelay(egress_in, link.egress, watch, stream_is_client=True, read=egress_rest)
+    serving = TunnelRelay(
+        serving_out, link.serving, stream_is_client=False, prefix=prefix, read=serving_rest
+    )
+    runs = [spawn(egress.run(), name="egress"), spawn(serving.run(), name="serving")]
+    return Stream(app_client, app_server, egress, serving, runs)
+
+
+async def _exchange(
+    s: Stream, up: list[bytes], down: list[bytes], *, client_first: bool
+) -> tuple[bytes, bytes]:
+    """One side sends and half-closes; only once the other has seen that EOF does it send
+    and half-close in turn. What reached (the server, the client)."""
+
+    async def send(sock: socket.socket, chunks: list[bytes]) -> None:
+        for c in chunks:
+            await _send(sock, c)
+        sock.shutdown(socket.SHUT_WR)
+
+    first, second = (s.app_client, s.app_server) if client_first else (s.app_server, s.app_client)
+    to_second, to_first = (up, down) if client_first else (down, up)
+    reading = spawn(_read(second), name="read-second")
+    await send(first, to_second)
+    got_second = await asyncio.wait_for(reading, _WAIT)
+    reading = spawn(_read(first), name="read-first")
+    await send(second, to_first)
+    got_first = await asyncio.wait_for(reading, _WAIT)
+    return (got_second, got_first) if client_first else (got_first, got_second)
+
+
+def _still_pooled(link: Link) -> bool:
+    """The egress's pool takes the tunnel back and hands it out again (its liveness check)."""
+    pool = TunnelPool(max_idle=1, idle_timeout=60.0, max_age=600.0, clock=lambda: 0.0)
+    tunnel = Tunnel(tls=link.egress, key="east/gw", context=CLIENT_CTX, born=0.0)
+    pool.give(tunnel)
+    return pool.take("east/gw", CLIENT_CTX) is tunnel
+
+
+async def _clean_stream(link: Link, up: list[bytes], down: list[bytes], client_first: bool) -> None:
+    s = await _stream(link)
+    try:
+        at_server, at_client = await _exchange(s, up, down, client_first=client_first)
+        assert hashlib.sha256(at_server).digest() == hashlib.sha256(b"".join(up)).digest()
+        assert hashlib.sha256(at_client).digest() == hashlib.sha256(b"".join(down)).digest()
+        totals = await s.finish()
+        # both oriented (client → upstream, upstream → client), whichever side the stream is
+        expected = (sum(map(len, up)), sum(map(len, down)))
+        assert totals == [expected, expected]
+        for relay in (s.egress, s.serving):
+            assert relay.reusable and not relay.failed and relay.error is None
+        # the stream sockets are closed, the tunnel's are open and idle
+        assert s.egress.client.fileno() == -1 and s.serving.client.fileno() == -1
+        assert link.egress.fileno() >= 0 and link.serving.fileno() >= 0
+        assert link.egress.pending() == 0 and link.serving.pending() == 0
+        assert _still_pooled(link)
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize(
+    "client_first", [True, False], ids=["client-ends-first", "server-ends-first"]
+)
+def test_two_streams_cross_one_tunnel_one_after_another(run: Run, client_first: bool) -> None:
+    async def main() -> None:
+        link = await _link()
+        try:
+            up, down = os.urandom(300_000), os.urandom((1 << 20) + 5)
+            await _clean_stream(link, [up], [down], client_first)
+            # the same two TLS sockets carry the next stream, in the other order
+            await _clean_stream(link, [b"second", os.urandom(20_000)], [], not client_first)
+            await _clean_stream(link, [], [b"third"], client_first)
+        finally:
+            link.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "size", [1, 16_379, 16_380, 16_381, 16_384, 65_539, 1 << 20], ids=lambda n: f"{n}B"
+)
+async def test_payloads_around_the_frame_size_arrive_whole(size: int) -> None:
+    link = await _link()
+    try:
+        up, down = os.urandom(size), os.urandom(size + 7)
+        await _clean_stream(link, [up], [down], client_first=True)
+        await _clean_stream(link, [down], [up], client_first=False)
+    finally:
+        link.close()
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    seed=st.integers(0, 2**32),
+    up=st.lists(st.integers(1, 70_000), max_size=4),
+    down=st.lists(st.integers(1, 70_000), max_size=4),
+    client_first=st.booleans(),
+    streams=st.integers(1, 3),
+)
+def test_any_payloads_in_any_chunks_over_reused_tunnels(
+    seed: int, up: list[int], down: list[int], client_first: bool, streams: int
+) -> None:
+    rnd = random.Random(seed)
+
+    async def main() -> None:
+        link = await _link()
+        try:
+            for i in range(streams):
+                ups = [rnd.randbytes(n) for n in up]
+                downs = [rnd.randbytes(n) for n in down]
+                await _clean_stream(link, ups, downs, client_first ^ bool(i % 2))
+        finally:
+            link.close()
+
+    asyncio.run(main())
+
+
+async def test_both_directions_at_once_end_cleanly_and_the_tunnel_is_reused() -> None:
+    """Full duplex: both sides send, half-close and read at the same time (the FINs cross)."""
+    link = await _link()
+    try:
+        for _ in range(2):
+            s = await _stream(link)
+            try:
+                up, down = os.urandom(2 << 20), os.urandom(3 << 20)
+
+                async def side(sock: socket.socket, data: bytes) -> bytes:
+                    reading = spawn(_read_to_eof(sock), name="read")
+                    await _send_all(sock, data)
+                    sock.shutdown(socket.SHUT_WR)
+                    return await reading
+
+                at_server, at_client = await asyncio.wait_for(
+                    asyncio.gather(side(s.app_server, down), side(s.app_client, up)), _WAIT
+                )
+                assert at_server == up and at_client == down
+                assert await s.finish() == [(len(up), len(down))] * 2
+                assert s.egress.reusable and s.serving.reusable
+            finally:
+                await s.close()
+    finally:
+        link.close()
+
+
+async def test_a_tls_endpoint_behind_the_serving_relay() -> None:
+    """The serving gateway's stream may be TLS (a re-originating endpoint): its records
+    are read behind the frame header's gap, its EOF is a FIN frame, and back."""
+    link = await _link()
+    to_endpoint = await _link()  # .egress: the gateway's TLS client; .serving: the endpoint
+    try:
+        egress_rest, serving_rest = await _open(link)
+        app_client, egress_in = _pair()
+        egress = TunnelRelay(egress_in, link.egress, stream_is_client=True, read=egress_rest)
+        serving = TunnelRelay(
+            to_endpoint.egress, link.serving, stream_is_client=False, read=serving_rest
+        )
+        runs = [spawn(egress.run(), name="egress"), spawn(serving.run(), name="serving")]
+        try:
+            endpoint = to_endpoint.serving
+            up, down = os.urandom(150_001), os.urandom(70_003)
+            await _send(app_client, up)
+            app_client.shutdown(socket.SHUT_WR)
+            got = bytearray()
+            while chunk := await asyncio.wait_for(_recv_tls(endpoint), _WAIT):
+                got += chunk
+            assert got == up
+            await send_frame(endpoint, down, timeout=_WAIT)  # any bytes, sent whole
+            socket.socket.shutdown(endpoint, socket.SHUT_WR)  # a FIN under TLS
+            assert await asyncio.wait_for(_read(app_client), _WAIT) == down
+            totals = await asyncio.wait_for(asyncio.gather(*runs), _WAIT)
+            assert totals == [(len(up), len(down))] * 2
+            assert egress.reusable and serving.reusable
+        finally:
+            await cancel_and_wait(*runs)
+            app_client.close()
+    finally:
+        link.close()
+        to_endpoint.close()
+
+
+# -- one relay against a peer driven by hand --------------------------------------------
+
+
+@dataclass
+class Half:
+    """A relay at one end of a tunnel; the test plays the gateway at the other end."""
+
+    app: socket.socket  # the relay's stream peer (workload or endpoint)
+    peer: ssl.SSLSocket  # the far end of the tunnel, driven by hand
+    relay: TunnelRelay
+    task: asyncio.Task[tuple[int, int]]
+    link: Link
+
+    async def result(self) -> tuple[int, int]:
+        return await asyncio.wait_for(self.task, _WAIT)
+
+
+@pytest.fixture
+async def halves() -> AsyncIterator[list[Half]]:
+    made: list[Half] = []
+    yield made
+    for h in made:
+        await cancel_and_wait(h.task)
+        h.app.close()
+        h.link.close()
+
+
+async def _half(
+    made: list[Half],
+    *,
+    stream_is_client: bool = True,
+    prefix: bytes = b"",
+    read: bytes = b"",
+    watch: RelayWatch | None = None,
+) -> Half:
+    link = await _link()
+    app, stream = _pair()
+    # the relay at the egress end (the tunnel's TLS client), or at the serving end
+    mine, peer = (link.egress, link.serving) if stream_is_client else (link.serving, link.egress)
+    relay = TunnelRelay(
+        stream, mine, watch, stream_is_client=stream_is_client, prefix=prefix, read=read
+    )
+    h = Half(app, peer, relay, spawn(relay.run(), name="relay"), link)
+    made.append(h)
+    return h
+
+
+def _data(payload: bytes) -> bytes:
+    return header(DATA, len(payload)) + payload
+
+
+@pytest.mark.parametrize("stream_is_client", [True, False])
+async def test_totals_are_oriented_by_the_streams_role(
+    halves: list[Half], stream_is_client: bool
+) -> None:
+    h = await _half(halves, stream_is_client=stream_is_client)
+    await _send(h.app, b"seven!!")
+    h.app.shutdown(socket.SHUT_WR)
+    payload, sizes = await asyncio.wait_for(_read_frames(h.peer), _WAIT)
+    assert payload == b"seven!!" and sizes == [4 + 7]
+    await send_frame(h.peer, _data(b"abc") + FIN_FRAME, timeout=_WAIT)
+    assert await asyncio.wait_for(_read(h.app), _WAIT) == b"abc"
+    totals = await h.result()
+    # (stream → tunnel, tunnel → stream) for a client stream; reversed for an upstream
+    assert totals == ((7, 3) if stream_is_client else (3, 7))
+    assert h.relay.reusable
+
+
+async def test_a_big_stream_goes_out_one_record_sized_frame_at_a_time(
+    halves: list[Half],
+) -> None:
+    h = await _half(halves)
+    data = os.urandom(200_000)
+    sending = spawn(_send(h.app, data), name="send")
+    payload_task = spawn(_read_frames(h.peer), name="frames")
+    await asyncio.wait_for(sending, _WAIT)
+    h.app.shutdown(socket.SHUT_WR)
+    payload, sizes = await asyncio.wait_for(payload_task, _WAIT)
+    assert payload == data
+    assert max(sizes) <= BUFFER_SIZE  # header and payload fit one TLS record
+    await send_frame(h.peer, FIN_FRAME, timeout=_WAIT)
+    assert await h.result() == (len(data), 0)
+
+
+async def test_the_prefix_reaches_the_stream_before_any_tunnel_byte(
+    halves: list[Half],
+) -> None:
+    proxy = b"PROXY TCP4 10.0.0.1 10.0.0.2 40000 8080\r\n"
+    h = await _half(halves, stream_is_client=False, prefix=proxy, read=_data(b"early"))
+    # the prefix and the read-ahead arrive before the peer sends anything more
+    assert await asyncio.wait_for(_read(h.app, len(proxy) + 5), _WAIT) == proxy + b"early"
+    await send_frame(h.peer, _data(b" and late") + FIN_FRAME, timeout=_WAIT)
+    assert await asyncio.wait_for(_read(h.app), _WAIT) == b" and late"
+    h.app.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(_read_frames(h.peer), _WAIT) == (b"", [])
+    assert await h.result() == (len(b"early and late"), 0)  # the prefix is not counted
+    assert h.relay.reusable
+
+
+async def test_the_prefix_goes_first_through_a_full_pair() -> None:
+    link = await _link()
+    s = await _stream(link, prefix=b"HEADER|")
+    try:
+        # before the workload sends a byte, the endpoint has the prefix
+        assert await asyncio.wait_for(_read(s.app_server, 7), _WAIT) == b"HEADER|"
+        at_server, at_client = await _exchange(s, [b"ping"], [b"pong"], client_first=True)
+        assert (at_server, at_client) == (b"ping", b"pong")
+        assert await s.finish() == [(4, 4), (4, 4)]
+    finally:
+        await s.close()
+        link.close()
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2, 3], ids=lambda k: f"header-split-at-{k}")
+async def test_bytes_read_with_the_control_frame_are_delivered_first(
+    halves: list[Half], cut: int
+) -> None:
+    second = _data(b"abcde")
+    h = await _half(halves, read=_data(b"0123456789") + second[:cut])
+    assert await asyncio.wait_for(_read(h.app, 10), _WAIT) == b"0123456789"
+    await send_frame(h.peer, second[cut:], timeout=_WAIT)  # the rest of the frame, alone
+    await send_frame(h.peer, _data(b"xyz") + FIN_FRAME, timeout=_WAIT)
+    assert await asyncio.wait_for(_read(h.app), _WAIT) == b"abcdexyz"
+    h.app.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(_read_frames(h.peer), _WAIT) == (b"", [])
+    assert await h.result() == (0, 18)
+    assert h.relay.reusable
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3], ids=lambda k: f"fin-split-at-{k}")
+async def test_a_fin_split_between_read_ahead_and_the_tunnel_ends_the_direction(
+    halves: list[Half], cut: int
+) -> None:
+    h = await _half(halves, read=_data(b"answer") + FIN_FRAME[:cut])
+    assert await asyncio.wait_for(_read(h.app, 6), _WAIT) == b"answer"
+    await send_frame(h.peer, FIN_FRAME[cut:], timeout=_WAIT)
+    assert await asyncio.wait_for(_read(h.app), _WAIT) == b""  # the FIN: EOF
+    h.app.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(_read_frames(h.peer), _WAIT) == (b"", [])
+    assert await h.result() == (0, 6)
+    assert h.relay.reusable
+
+
+async def test_read_ahead_may_end_inside_a_payload_or_hold_the_fin(
+    halves: list[Half],
+) -> None:
+    # the read-ahead ends four bytes into a ten-byte payload
+    h = await _half(halves, read=header(DATA, 10) + b"0123")
+    assert await asyncio.wait_for(_read(h.app, 4), _WAIT) == b"0123"
+    await send_frame(h.peer, b"456789" + FIN_FRAME, timeout=_WAIT)
+    assert await asyncio.wait_for(_read(h.app), _WAIT) == b"456789"
+    # the read-ahead is the whole answer: the stream gets it and its EOF at once
+    g = await _half(halves, read=_data(b"all of it") + FIN_FRAME)
+    assert await asyncio.wait_for(_read(g.app), _WAIT) == b"all of it"
+    await _send(g.app, b"late question")
+    g.app.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(_read_frames(g.peer), _WAIT) == (b"late question", [17])
+    assert await g.result() == (13, 9)
+    assert g.relay.reusable
+
+
+async def test_a_frame_larger_than_a_record_reaches_a_slow_reader_whole(
+    halves: list[Half],
+) -> None:
+    """DATA frames may carry up to 16 MiB; the payload spans many reads, the stream blocks
+    in between, and the FIN in the last record still comes after every byte."""
+    h = await _half(halves)
+    payload = os.urandom(3 << 20)
+    sending = spawn(send_frame(h.peer, _data(payload) + FIN_FRAME, timeout=_WAIT), name="big-frame")
+    await asyncio.sleep(0.1)  # let the stream's socket fill before anyone reads
+    assert await asyncio.wait_for(_read(h.app), _WAIT) == payload
+    await asyncio.wait_for(sending, _WAIT)
+    h.app.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(_read_frames(h.peer), _WAIT) == (b"", [])
+    assert await h.result() == (0, len(payload))
+    assert h.relay.reusable
+
+
+async def test_the_next_open_waiting_behind_a_fin_is_left_for_the_next_stream() -> None:
+    """The egress may reuse the tunnel before the serving relay has seen its FIN: the next
+    OPEN then waits right behind the FIN, and belongs to the next stream."""
+    link = await _link()
+    app, stream = _pair()
+    try:
+        nxt = "next.default.svc.east.atoll"
+        for w in (_data(b"last words"), FIN_FRAME, open_frame(nxt)):  # records in the socket
+            await send_frame(link.egress, w, timeout=_WAIT)
+        app.shutdown(socket.SHUT_WR)  # the endpoint has nothing to say
+        relay = TunnelRelay(stream, link.serving, stream_is_client=False)
+        assert await asyncio.wait_for(relay.run(), _WAIT) == (10, 0)
+        assert relay.reusable and relay.error is None
+        assert await asyncio.wait_for(_read(app), _WAIT) == b"last words"
+        assert await asyncio.wait_for(_read_frames(link.egress), _WAIT) == (b"", [])
+        reader = FrameReader()
+        assert await read_frame(link.serving, reader, timeout=_WAIT) == Frame(OPEN, nxt.encode())
+        assert reader.take_rest() == b""
+    finally:
+        app.close()
+        link.close()
+
+
+async def test_more_read_ahead_than_a_buffer_is_refused() -> None:
+    link = await _link()
+    app, stream = _pair()
+    try:
+        with pytest.raises(ValueError, match="read ahead"):
+            TunnelRelay(stream, link.egress, stream_is_client=True, read=b"x" * (BUFFER_SIZE + 1))
+    finally:
+        for sock in (app, stream):
+            sock.close()
+        link.close()
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+def _assert_torn_down(relay: TunnelRelay) -> None:
+    assert relay.failed and not relay.reusable
+    assert relay.client.fileno() == -1 and relay.upstream.fileno() == -1
+
+
+@pytest.mark.parametrize("who", ["workload", "endpoint"])
+async def test_a_stream_reset_fails_both_relays_and_resets_the_tunnel(who: str) -> None:
+    link = await _link()
+    s = await _stream(link)
+    try:
+        await _send(s.app_client, b"hello")
+        assert await asyncio.wait_for(_read(s.app_server, 5), _WAIT) == b"hello"
+        resetting, other = (
+            (s.app_client, s.app_server) if who == "workload" else (s.app_server, s.app_client)
+        )
+        resetting.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        resetting.close()  # RST
+        await s.finish()
+        for relay in (s.egress, s.serving):
+            _assert_torn_down(relay)
+        assert link.egress.fileno() == -1 and link.serving.fileno() == -1
+        # a failure is passed on as a failure: the other application sees a reset
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(_read(other), _WAIT)
+    finally:
+        await s.close()
+        link.close()
+
+
+VIOLATIONS = [
+    pytest.param([open_frame(NAME)], "frame type 1", id="open-mid-stream"),
+    pytest.param([accept_frame()], "frame type 2", id="accept-mid-stream"),
+    pytest.param([refuse_frame("busy", "x")], "frame type 3", id="refuse-mid-stream"),
+    pytest.param([header(9, 2) + b"zz"], "frame type 9", id="unknown-type"),
+    pytest.param([header(0, 0)], "frame type 0", id="type-0"),
+    pytest.param([header(DATA, 0)], "frame type 4", id="empty-data"),
+    pytest.param([header(FIN, 2) + b"zz"], "frame type 5", id="fin-with-payload"),
+    pytest.param([FIN_FRAME + _data(b"z")], "bytes after FIN", id="bytes-after-fin"),
+    pytest.param([header(9, 0)[:2], header(9, 0)[2:]], "frame type 9", id="split-bad-header"),
+    pytest.param([_data(b"ok") + header(0x7F, 0)], "frame type 127", id="after-data"),
+]
+
+
+@pytest.mark.parametrize(("writes", "what"), VIOLATIONS)
+async def test_a_protocol_violation_fails_the_relay_with_eproto(
+    halves: list[Half], writes: list[bytes], what: str
+) -> None:
+    h = await _half(halves)
+    await send_frame(h.peer, _data(b"hello"), timeout=_WAIT)
+    assert await asyncio.wait_for(_read(h.app, 5), _WAIT) == b"hello"
+    for w in writes:  # each its own TLS record
+        await send_frame(h.peer, w, timeout=_WAIT)
+    await h.result()
+    assert h.relay.error is not None and h.relay.error.errno == errno.EPROTO
+    assert what in str(h.relay.error)
+    _assert_torn_down(h.relay)
+    # both ends are reset: the workload and the peer gateway
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(_read(h.app), _WAIT)
+    assert await asyncio.wait_for(_tunnel_is_gone(h.peer), _WAIT)
+
+
+async def test_a_violation_from_the_egress_fails_the_serving_relay(
+    halves: list[Half],
+) -> None:
+    h = await _half(halves, stream_is_client=False)
+    await send_frame(h.peer, header(0x42, 1) + b"?", timeout=_WAIT)
+    await h.result()
+    assert h.relay.error is not None and h.relay.error.errno == errno.EPROTO
+    _assert_torn_down(h.relay)
+
+
+@pytest.mark.parametrize("how", ["fin", "close_notify", "reset"])
+async def test_the_tunnel_closing_mid_stream_resets_the_stream(
+    halves: list[Half], how: str
+) -> None:
+    h = await _half(halves)
+    await send_frame(h.peer, _data(b"hello"), timeout=_WAIT)
+    assert await asyncio.wait_for(_read(h.app, 5), _WAIT) == b"hello"
+    if how == "close_notify":
+        # sent; it would now wait for the relay's own close_notify
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            h.peer.unwrap()
+    elif how == "reset":
+        abort(h.peer)
+    h.peer.close()
+    await h.result()
+    _assert_torn_down(h.relay)
+    assert h.relay.error is None  # a vanished peer is a reset, not a relay error
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(_read(h.app), _WAIT)
+
+
+async def test_an_idle_stream_times_out_and_the_tunnel_is_not_reused() -> None:
+    link = await _link()
+    watch = RelayWatch(idle_timeout=0.3, tick=0.1)
+    s = await _stream(link, watch=watch)
+    try:
+        await _send(s.app_client, b"hello")
+        assert await asyncio.wait_for(_read(s.app_server, 5), _WAIT) == b"hello"
+        await asyncio.wait_for(s.runs[0], _WAIT)
+        assert watch.timed_out
+        assert not s.egress.reusable and link.egress.fileno() == -1
+        await asyncio.wait_for(s.runs[1], _WAIT)  # the serving side sees the tunnel go
+        assert not s.serving.reusable and link.serving.fileno() == -1
+    finally:
+        await s.close()
+        link.close()
+
+
+async def test_a_cancelled_stream_does_not_leave_a_reusable_tunnel() -> None:
+    link = await _link()
+    s = await _stream(link)
+    try:
+        await _send(s.app_client, b"hello")
+        assert await asyncio.wait_for(_read(s.app_server, 5), _WAIT) == b"hello"
+        await cancel_and_wait(s.runs[0])  # a drain deadline
+        assert not s.egress.reusable and link.egress.fileno() == -1
+        await asyncio.wait_for(s.runs[1], _WAIT)
+        assert s.serving.failed and not s.serving.reusable
+    finally:
+        await s.close()
+        link.close()
+
+
+# -- back-pressure ----------------------------------------------------------------------
+
+
+def _buffered_capacity(*socks: socket.socket) -> int:
+    return sum(
+        s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        + s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        for s in socks
+    )
+
+
+@pytest.mark.parametrize("towards", ["endpoint", "workload"])
+async def test_a_reader_that_does_not_read_stops_the_sender(towards: str) -> None:
+    """Back-pressure: with every socket buffer small and locked, 8 MiB cannot all be
+    accepted while nobody reads — the relays hold a buffer each, not the stream."""
+    link = await _link(SMALL)
+    s = await _stream(link, bufsize=SMALL)
+    try:
+        sender, reader = (
+            (s.app_client, s.app_server) if towards == "endpoint" else (s.app_server, s.app_client)
+        )
+        # every socket the bytes can wait in, and what the relays and TLS may hold
+        capacity = (
+            _buffered_capacity(
+                s.app_client,
+                s.egress.client,
+                link.egress,
+                link.serving,
+                s.serving.client,
+                s.app_server,
+            )
+            + 16 * BUFFER_SIZE
+        )
+        assert capacity < (2 << 20)  # the setup is meaningful: far less than 8 MiB
+        total = 8 << 20
+        data = os.urandom(total)
+        sent = stalled = 0
+        while sent < total and stalled < 25:
+            try:
+                sent += sender.send(data[sent : sent + (1 << 16)])
+                stalled = 0
+            except BlockingIOError:
+                stalled += 1
+                await asyncio.sleep(0.02)
+        assert sent < total, "the relays kept accepting bytes nobody read"
+        assert sent <= capacity
+        # the reader drains: everything arrives, in order, and the relays finish cleanly
+        reading = spawn(_read(reader), name="drain")
+        await _send(sender, data[sent:])
+        sender.shutdown(socket.SHUT_WR)
+        got = await asyncio.wait_for(reading, _WAIT)
+        assert len(got) == total and got == data
+        reader.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(_read(sender), _WAIT) == b""
+        totals = await s.finish()
+        expected = (total, 0) if towards == "endpoint" else (0, total)
+        assert totals == [expected, expected]
+        assert s.egress.reusable and s.serving.reusable
+    finally:
+        await s.close()
+        link.close()
+
+
+# -- control frames on the tunnel (tunnelio) --------------------------------------------
+
+
+@pytest.fixture
+async def link() -> AsyncIterator[Link]:
+    made = await _link()
+    yield made
+    made.close()
+
+
+async def test_a_refused_open_leaves_the_tunnel_usable(link: Link) -> None:
+    await send_frame(link.egress, open_frame("nothing.here.atoll"), timeout=_WAIT)
+    at_serving = FrameReader()
+    frame = await read_frame(link.serving, at_serving, timeout=_WAIT)
+    assert frame is not None and frame.server_name() == "nothing.here.atoll"
+    await send_frame(link.serving, refuse_frame("unknown_service", "no such export"), timeout=5)
+    refused = await read_frame(link.egress, FrameReader(), timeout=_WAIT)
+    assert refused is not None and refused.type == REFUSE
+    assert refused.refusal() == ("unknown_service", "no such export")
+    await _clean_stream(link, [b"after a refusal"], [b"fine"], client_first=True)
+
+
+async def test_read_frame_sees_the_peer_close(link: Link) -> None:
+    link.serving.close()
+    assert await read_frame(link.egress, FrameReader(), timeout=_WAIT) is None
+
+
+async def test_read_frame_times_out(link: Link) -> None:
+    with pytest.raises(TimeoutError):
+        await read_frame(link.egress, FrameReader(), timeout=0.1)
+
+
+async def test_read_frame_raises_on_a_frame_that_cannot_be_valid(link: Link) -> None:
+    await send_frame(link.serving, _data(b"too early"), timeout=_WAIT)
+    with pytest.raises(TunnelProtocolError):
+        await read_frame(link.egress, FrameReader(), timeout=_WAIT)
+
+
+async def test_read_frame_gives_up_when_told_to_stop_and_is_woken(link: Link) -> None:
+    stopping = False
+    wake: set[asyncio.Future[None]] = set()
+    waiting = spawn(
+        read_frame(link.serving, FrameReader(), timeout=None, stop=lambda: stopping, wake=wake),
+        name="idle-tunnel",
+    )
+    try:
+        for _ in range(100):  # until it waits
+            if wake:
+                break
+            await asyncio.sleep(0.01)
+        assert wake and not waiting.done()
+        stopping = True  # a drain: stop, and wake the waits up
+        for fut in list(wake):
+            fut.set_result(None)
+        assert await asyncio.wait_for(waiting, _WAIT) is None
+        # stop() is asked before every wait: a stopped reader does not wait at all
+        assert (
+            await read_frame(link.serving, FrameReader(), timeout=None, stop=lambda: True) is None
+        )
+    finally:
+        await cancel_and_wait(waiting)
