@@ -52,6 +52,7 @@ from atoll_gateway.tunnelio import read_frame, send_frame
 from atoll_gateway.tunnelpool import Tunnel
 from atoll_gateway.tunnelproto import ACCEPT, REFUSE, FrameReader, TunnelProtocolError, open_frame
 from atoll_gateway.upstream import connect_first, connect_verified
+from atoll_trust.errors import SvidVerificationError
 
 __all__ = ["handle_egress"]
 
@@ -117,6 +118,10 @@ async def _open_stream(
             if tls.selected_alpn_protocol() != TUNNEL_ALPN_POOLED:
                 return _Upstream(tls, session_key=key)
             tunnel = Tunnel(tls, key, tls.context, rt.tunnels.clock())
+        elif not _still_trusted(rt, tunnel.tls, target):
+            tunnel.close()
+            tunnel = None
+            continue
         reader = FrameReader()
         try:
             if reused:  # a peer that vanished without a word: the kernel gives up quickly
@@ -150,6 +155,18 @@ async def _open_stream(
         abort(tunnel.tls)
         tunnel.close()
         raise OSError(errno.EPROTO, f"tunnel protocol: {frame.name} where ACCEPT was due")
+
+
+def _still_trusted(rt: Runtime, tls: ssl.SSLSocket, target: EgressTarget) -> bool:
+    """The peer gateway of a pooled tunnel, checked again before a stream (a cache hit
+    unless its certificate expired since): the serving side does the same."""
+    try:
+        rt.identity.verifier.verify(
+            tls, now=rt.clock(), expected=component_id(rt.federation, target.cluster, "gateway")
+        )
+    except SvidVerificationError:
+        return False
+    return True
 
 
 def _ack_timeout(sock: socket.socket, seconds: float | None) -> None:

@@ -171,12 +171,12 @@ async def handle_inbound(rt: Runtime, sock: socket.socket, client: str) -> None:
         else:
             await _terminate(rt, rec, conn, svc, port.port, hello)
     except ClientHelloError as exc:
-        metrics.child(metrics.HANDSHAKE_FAILURES, LISTENER, exc.reason).inc()
+        metrics.count_refusal(LISTENER, exc)
         rec.fail(exc.reason, str(exc))
     except TunnelProtocolError as exc:
         rec.fail(exc.reason, str(exc))
     except RouteError as exc:
-        metrics.child(metrics.ROUTE_FAILURES, exc.reason).inc()
+        metrics.count_refusal(LISTENER, exc)
         rec.fail(exc.reason, str(exc))
         if not conn.handed_over:
             _send(sock, tls_alert("unrecognized_name"))

@@ -81,7 +81,7 @@ class Listener:
             conn.setblocking(False)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if len(rt.connections) >= rt.config.max_connections:
+            if len(rt.connections) >= rt.config.max_connections and not rt.reclaim_idle_tunnel():
                 metrics.REFUSED.labels(self.listener, "connection_limit").inc()
                 log.warning(
                     "connection refused: connection limit",

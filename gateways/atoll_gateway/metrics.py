@@ -20,6 +20,8 @@ from typing import TypeVar
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from atoll_gateway.errors import ClientHelloError, RouteError
+
 __all__ = [
     "ACTIVE",
     "BYTES",
@@ -36,6 +38,7 @@ __all__ = [
     "UPSTREAM_FAILURES",
     "child",
     "count_handshake",
+    "count_refusal",
 ]
 
 _PAIR = ("listener", "source_cluster", "destination_cluster")
@@ -113,3 +116,13 @@ def child(metric: M, *labels: str) -> M:
 def count_handshake(listener: str, role: str, resumed: bool | None) -> None:
     """One completed handshake (``resumed``: ``SSLSocket.session_reused``)."""
     child(TLS_HANDSHAKES, listener, role, "true" if resumed else "false").inc()
+
+
+def count_refusal(listener: str, exc: Exception) -> None:
+    """A connection (or a pooled tunnel's stream) refused before relaying, by error type:
+    TLS and authorization outcomes as handshake failures, unknown names as route
+    failures (endpoint failures were counted where the connects failed)."""
+    if isinstance(exc, ClientHelloError):
+        child(HANDSHAKE_FAILURES, listener, exc.reason).inc()
+    elif isinstance(exc, RouteError):
+        child(ROUTE_FAILURES, exc.reason).inc()

@@ -55,6 +55,16 @@ class Runtime:
             max_age=c.tunnel_max_age,
         )
 
+    def reclaim_idle_tunnel(self) -> bool:
+        """At the connection limit: close one served tunnel that waits for a stream (its
+        peer opens a new one when it needs it) so that a new connection fits; False
+        when none waits."""
+        for waiter in self.tunnel_waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectionAbortedError("reclaimed at the connection limit"))
+                return True
+        return False
+
     def start_drain(self) -> None:
         """Stop pooling: idle tunnels close on both sides, busy ones after their stream."""
         self.draining = True

@@ -26,7 +26,7 @@ import ssl
 from atoll_gateway import metrics
 from atoll_gateway.accesslog import AccessRecord
 from atoll_gateway.endpoints import LISTENER, authorized_header, connect_endpoint, open_terminated
-from atoll_gateway.errors import GatewayError, UpstreamError
+from atoll_gateway.errors import ClientHelloError, GatewayError, UpstreamError
 from atoll_gateway.forward import forward
 from atoll_gateway.naming import parse_server_name
 from atoll_gateway.runtime import Runtime
@@ -60,7 +60,7 @@ async def serve_tunnel(rt: Runtime, tls: ssl.SSLSocket, client: str, source_clus
                 stop=lambda: rt.draining,
                 wake=rt.tunnel_waiters,
             )
-        except TimeoutError:
+        except (TimeoutError, ConnectionAbortedError):  # idle too long, or reclaimed
             return streams
         if frame is None:
             return streams
@@ -89,6 +89,7 @@ async def _stream(
         try:
             peer = rt.identity.verifier.verify(tls, now=rt.clock()).spiffe_id
         except SvidVerificationError as exc:
+            metrics.count_refusal(LISTENER, ClientHelloError("unauthenticated", str(exc)))
             rec.fail("unauthenticated", str(exc))
             await send_frame(tls, refuse_frame("unauthenticated", str(exc)), timeout=timeout)
             return False
@@ -104,7 +105,7 @@ async def _stream(
                 rt, rec, svc, port.port, lambda e: open_terminated(rt, e, svc)
             )
         except (GatewayError, UpstreamError) as exc:
-            metrics.child(metrics.REFUSED, LISTENER, exc.reason).inc()
+            metrics.count_refusal(LISTENER, exc)
             rec.fail(exc.reason, str(exc))
             await send_frame(tls, refuse_frame(exc.reason, str(exc)), timeout=timeout)
             return not reader.take_rest()  # the peer sent data it should have held back

@@ -59,6 +59,7 @@ async def connect_first(
 ) -> tuple[Endpoint, T]:
     order = balancer.order(key, endpoints)[:attempts]
     if not order:
+        metrics.child(metrics.UPSTREAM_FAILURES, listener, destination, "no_endpoint").inc()
         raise UpstreamError("no_endpoint", f"{key} has no healthy endpoint in {destination}")
     last: BaseException | None = None
     for ep in order:
