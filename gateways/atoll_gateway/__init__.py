@@ -24,15 +24,22 @@ Decisions worth knowing:
 * **Same verdict as DNS** — egress decisions are computed with
   :func:`atoll_dns.snapshot.build_zone` and :func:`atoll_dns.strategy.decide`
   over the same resources, for the gateway's region.
-* **DNS answers are unchanged** — they still name endpoint addresses, which
-  the lab's flat loopback network can reach directly; the gateway path is
-  opt-in through the egress listeners. Answering with the gateway address
-  instead needs a client that speaks TLS with our SNI (a sidecar) or a per-cluster
-  egress VIP in DNS, and would change what the drills verify; not done here.
-* **Peer gateways are always terminated** — egress offers ALPN
-  ``atoll-tunnel/1``; an inbound gateway terminates such connections whatever
-  the service's mode, and applies the service's allow policy to the peer
-  gateway's ID.
+* **DNS can point at the gateways** — by default DNS names endpoint
+  addresses, which the lab's flat loopback network reaches directly; with
+  ``atoll dns serve --egress-address`` targets in other clusters are answered
+  with the local egress address instead, and the egress picks the cluster.
+* **Peer gateways are always terminated** — egress offers the ALPN protocols
+  ``atoll-tunnel/2`` and ``atoll-tunnel/1``; an inbound gateway terminates such
+  connections whatever the service's mode, and applies each service's allow
+  policy to the peer gateway's ID.
+* **Tunnels between gateways are pooled** (``atoll-tunnel/2``,
+  :mod:`.tunnelproto`) — one mTLS connection carries one client connection
+  after another (OPEN/ACCEPT, DATA, FIN frames; :mod:`.tunnelpool`,
+  :mod:`.tunnelrelay`, :mod:`.tunnelserve`), so a new client connection costs
+  no TCP or TLS handshake between gateways; the peer is re-verified per stream
+  on both sides, and a REFUSE lets the egress fail over to the next cluster
+  before any client byte is sent. Like Istio's HBONE in purpose; unlike it,
+  streams are sequential, not multiplexed (TCP's flow control is the stream's).
 """
 
 from atoll_gateway.config import GatewayConfig, RouteConfig, load_config

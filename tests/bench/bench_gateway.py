@@ -21,7 +21,12 @@ Scenarios, each run once against HAProxy and once against Atoll in the same run:
   reuse on, its default), HAProxy ``east`` terminates with
   ``ca-file``/``verify required``; Atoll's ``west`` egress and ``east``
   terminating gateway (SPIFFE verification against the peer's own bundle and
-  the allow policy, session resumption). Keep-alive and new connections.
+  the allow policy). Atoll runs its defaults: **pooled tunnels**
+  (``atoll-tunnel/2``) — a client connection is a stream on an idle mTLS
+  tunnel, so new connections cost no handshake between the gateways, where
+  HAProxy in TCP mode opens (and resumes) a TLS connection per client
+  connection; each stream is framed (4 bytes per TLS record), which is what
+  keep-alive pays for it. Keep-alive and new connections.
 * **churn** — new connections for a while, then the gateway's open fds are
   compared with before (the uvloop + splice fd leak of the peer baselines).
 
@@ -34,17 +39,21 @@ pinned to CPU 0, nginx and wrk to CPU 1. Runs alternate HAProxy / Atoll
 this shared box drifts several-fold between minutes, and interleaving puts
 both sides in the same weather.
 
-Figures on a shared 2-core machine (uvloop, the default relays; 5 s per run,
-median of 3 interleaved rounds; ratios Atoll / HAProxy, requests/s then work
-per proxy CPU-second): passthrough keep-alive 1.00x / 0.89x; passthrough new
-connections 0.99x / 0.43x; passthrough bulk 0.92x / 1.99x; termination
-keep-alive 0.80x / 0.80x; termination new connections 0.68x / 0.68x (5,792
-of 5,825 terminating handshakes resumed); churn of ~6,500 connections: no fd
-leak. Separate runs the same day moved each ratio by up to ~0.1. ``--relay
-copy`` for passthrough: keep-alive 0.76x, bulk 0.83x per CPU-s (splice wins on
-bulk). ``--loop asyncio`` is within the noise of uvloop.
+Figures on a shared 2-core machine (uvloop, the default relays and pooled
+tunnels; 5 s per run, median of 3 interleaved rounds; ratios Atoll / HAProxy,
+requests/s then work per proxy CPU-second): passthrough keep-alive 1.08x /
+0.86x; passthrough new connections 1.06x / 0.47x; passthrough bulk 0.92x /
+2.00x (0.93-0.97x in other runs: the MB/s are bound by nginx and wrk on the
+other core); termination keep-alive 0.73x / 0.73x (per-connection tunnels
+measured 0.75-0.77x the same day: framing costs ~4%); termination new
+connections 3.05x / 3.05x (27,027 streams on the served side, 26,877 of them
+on a reused tunnel; before pooling, with resumed handshakes per connection,
+0.68x); churn of ~6,900 connections: no fd leak. Separate runs the same day
+moved each ratio by up to ~0.1. ``--relay copy`` for passthrough:
+keep-alive 0.76x, bulk 0.83x per CPU-s (splice wins on bulk). ``--loop
+asyncio`` is within the noise of uvloop.
 Memory: peak RSS of the two proxy processes, HAProxy 39-40 MiB, Atoll
-177-230 MiB (4.6-5.8x: mostly the interpreter and its imports — gRPC, FastAPI, pydantic —
+177-212 MiB (4.6-5.3x: mostly the interpreter and its imports — gRPC, FastAPI, pydantic —
 not connections; a copy relay holds 2 x 16 KiB, a splice relay two pooled pipes).
 """
 
