@@ -71,7 +71,10 @@ TUNNEL_STREAMS = Counter(
     ["role", "reused"],
 )
 TUNNELS_IDLE = Gauge(
-    "atoll_gateway_tunnels_idle", "Pooled tunnels waiting for their next stream", ["role"]
+    "atoll_gateway_tunnels_idle",
+    "Pooled tunnels waiting for their next stream (role: egress, in this gateway's pool; "
+    "server, served for a peer's pool)",
+    ["role"],
 )
 ROUTE_FAILURES = Counter(
     "atoll_gateway_route_failures_total", "Server names that route nowhere", ["reason"]

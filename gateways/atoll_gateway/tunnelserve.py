@@ -50,8 +50,10 @@ async def serve_tunnel(rt: Runtime, tls: ssl.SSLSocket, client: str, source_clus
     tunnel, it idles out, a drain begins, or a stream fails; returns how many streams
     were opened. The caller closes ``tls``."""
     streams = 0
+    idle = metrics.child(metrics.TUNNELS_IDLE, "server")
     while True:
         reader = FrameReader()
+        idle.inc()
         try:
             frame = await read_frame(
                 tls,
@@ -62,6 +64,8 @@ async def serve_tunnel(rt: Runtime, tls: ssl.SSLSocket, client: str, source_clus
             )
         except (TimeoutError, ConnectionAbortedError):  # idle too long, or reclaimed
             return streams
+        finally:
+            idle.dec()
         if frame is None:
             return streams
         if frame.type != OPEN:

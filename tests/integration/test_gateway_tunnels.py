@@ -238,8 +238,8 @@ def stream_counts() -> list[float]:
     return [streams(role, reused) for role in ("server", "client") for reused in ("false", "true")]
 
 
-def idle_gauge() -> float:
-    return counter("atoll_gateway_tunnels_idle", role="egress")
+def idle_gauge(role: str = "egress") -> float:
+    return counter("atoll_gateway_tunnels_idle", role=role)
 
 
 def peer_refused(cluster: str = "east") -> float:
@@ -459,6 +459,7 @@ async def test_sequential_connections_share_one_tunnel(
 ) -> None:
     n = 20
     hs, gauge, before = handshakes(), idle_gauge(), stream_counts()
+    served = idle_gauge("server")
     for i in range(n):
         assert await exchange(gw.port, b"ping %d" % i) == b"east|ping %d" % i
         await pooled(gw.west, 1)  # the tunnel waits in the pool between connections
@@ -475,6 +476,7 @@ async def test_sequential_connections_share_one_tunnel(
     # both ends show it in their status: pooled at west, waiting for a stream at east
     assert gw.west.status().tunnels_pooled == 1
     await eventually("east waiting", lambda: gw.east.status().tunnels_waiting == 1, 10)
+    assert idle_gauge("server") == served + 1
 
 
 async def test_concurrent_connections_get_their_own_bytes_and_their_own_tunnels(
