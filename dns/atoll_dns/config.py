@@ -22,7 +22,7 @@ from pathlib import Path
 
 import dns.exception
 import dns.name
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, IPvAnyAddress, field_validator, model_validator
 
 from atoll.model.base import Frozen
 from atoll.model.names import DnsLabel
@@ -99,7 +99,7 @@ class DnsConfig(Frozen):
     #: answer this address, the cluster's gateway egress, for targets in *other*
     #: clusters — clients then reach them only through the east-west gateways (the
     #: egress picks the remote cluster with the same strategy); None: endpoint addresses
-    egress_address: IPv4Address | IPv6Address | None = None
+    egress_address: IPvAnyAddress | None = None
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(53, ge=0, le=65535, description="0 picks a free port")
     nameservers: list[NameServerConfig] = Field(default_factory=list, max_length=13)

@@ -15,7 +15,10 @@ BASE = ["dns", "serve", "--control-plane", "127.0.0.1:1", "--insecure"]
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--cluster", "eu1", "--egress-address", "nope"], "--egress-address 'nope' is not an IP"),
+        (
+            ["--cluster", "eu1", "--egress-address", "nope"],
+            "egress_address: value is not a valid IPv4 or IPv6 address",
+        ),
         (["--cluster", "Not A Label", "--egress-address", "127.0.1.2"], "cluster"),
     ],
 )

@@ -78,13 +78,6 @@ def dns_serve(
         identity = WorkloadIdentity(X509Source(workload_socket), federation=federation)
     host, port = hostport(listen, "--listen")
     admin_host, admin_port = hostport(admin, "--admin")
-    if egress_address is not None:
-        import ipaddress
-
-        try:
-            ipaddress.ip_address(egress_address)
-        except ValueError:
-            fail(f"--egress-address {egress_address!r} is not an IP address (e.g. 127.0.1.2)")
     servers: list[NameServerConfig] = []
     try:
         for item in nameserver or []:
