@@ -74,14 +74,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from atoll_gateway.testing import TestPki
 from atoll_trust.ca import mint_x509_svid
 from atoll_trust.spiffe_id import TrustDomain
 from tests.bench._procs import BenchError, ServerProcess, http_get, proc_usage
+from tests.certkit import self_signed
 
 HOST = "127.0.90.41"  # proxies' TLS side (east)
 EGRESS = "127.0.90.42"  # egress side (west)
@@ -127,28 +126,9 @@ def write_pki(d: Path) -> None:
         (d / f"{role}-ca.crt").write_bytes(
             b"".join(_pem(c) for b in bundle for c in b.x509_authorities)
         )
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
     (d / "certs").mkdir()
-    (d / "certs" / "server.crt").write_bytes(_pem(cert))
-    (d / "certs" / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    self_signed(NAME, dns_names=[NAME]).write_pem(
+        d / "certs" / "server.crt", d / "certs" / "server.key"
     )
 
 

@@ -6,19 +6,15 @@ import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from atoll.control.quorum import probe_verdicts
 from atoll_agent.probes import Prober, check_dns, check_gateway
 from atoll_dns.config import DnsConfig
 from atoll_dns.server import DnsServer
+from tests.certkit import self_signed
 
 HOST = "127.0.63.1"
 
@@ -38,37 +34,13 @@ async def dns_server() -> AsyncIterator[str]:
     await server.stop()
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture
 async def tls_listener(tmp_path: Path) -> AsyncIterator[str]:
     """A TLS server that refuses unknown names with an alert, as a gateway does."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(*self_signed(tmp_path))
+    ctx.load_cert_chain(
+        *self_signed("gateway").write_pem(tmp_path / "cert.pem", tmp_path / "key.pem")
+    )
 
     def refuse(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int:
         return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from prometheus_client import REGISTRY
 
 from atoll_gateway.clienthello import ALERTS
 from atoll_gateway.config import GatewayConfig, RouteConfig
@@ -30,24 +29,13 @@ from atoll_trust.errors import SvidVerificationError
 from atoll_trust.spiffe_id import SpiffeId, TrustDomain
 from atoll_trust.svid import X509Svid
 from atoll_trust.tls import build_client_context, build_server_context, verify_peer
+from tests.gatewaykit import handshake_failures, metric_value, refused_connections
 
 HOST = "127.0.90.1"
 EAST, WEST, EVIL = "east.atoll.lab", "west.atoll.lab", "evil.example"
 PKI = TestPki(EAST, WEST, EVIL)
 BACKEND_ID = TrustDomain(EAST).spiffe_id("demo", "secure")
 GATEWAY_ID = TrustDomain(EAST).spiffe_id("atoll", "gateway")
-
-
-def counter(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def failures(reason: str) -> float:
-    return counter("atoll_gateway_handshake_failures_total", listener="inbound", reason=reason)
-
-
-def refused() -> float:
-    return counter("atoll_gateway_refused_total", listener="inbound", reason="connection_limit")
 
 
 @dataclass
@@ -171,25 +159,21 @@ async def test_termination_can_re_originate_mtls_to_the_endpoint(env: Env) -> No
     out = await tls_call(env.port, peer, "reorigin.demo.svc.east.atoll.test", GATEWAY_ID, b"hi\n")
     assert out == f"hello {GATEWAY_ID}\n".encode()
     assert env.backend_peers == [str(GATEWAY_ID)]
-    full_client_handshakes = counter(
+    full_client_handshakes = metric_value(
         "atoll_gateway_tls_handshakes_total", listener="inbound", role="client", resumed="false"
     )
     assert full_client_handshakes >= 1  # counted as a client handshake of the inbound side
 
 
 async def test_peer_of_a_disallowed_trust_domain_is_refused(env: Env) -> None:
-    before = counter(
-        "atoll_gateway_handshake_failures_total", listener="inbound", reason="forbidden"
-    )
+    before = handshake_failures("forbidden")
     out = b""
     with pytest.raises((ConnectionError, ssl.SSLError)):
         out = await tls_call(env.port, PKI.svid(EVIL, "x"), "echo.demo.svc.atoll.test",
                              GATEWAY_ID, b"GET / HTTP/1.1\r\n\r\n")  # fmt: skip
         if out == b"":
             raise ConnectionResetError("closed without data")
-    after = counter(
-        "atoll_gateway_handshake_failures_total", listener="inbound", reason="forbidden"
-    )
+    after = handshake_failures("forbidden")
     assert after == before + 1
 
 
@@ -197,20 +181,22 @@ async def test_forged_cert_is_refused(env: Env) -> None:
     """West's ID signed by evil.example's CA: OpenSSL's pooled roots accept the chain,
     the per-domain SPIFFE check does not."""
     forged = PKI.forged(WEST, "atoll/gateway", signer=EVIL)
-    before = failures("unauthenticated")
+    before = handshake_failures("unauthenticated")
     with pytest.raises((ConnectionError, ssl.SSLError, AssertionError)):
         out = await tls_call(env.port, forged, "echo.demo.svc.atoll.test", GATEWAY_ID,
                              b"GET / HTTP/1.1\r\n\r\n")  # fmt: skip
         assert out != b"", "closed without data"
-    assert failures("unauthenticated") == before + 1
+    assert handshake_failures("unauthenticated") == before + 1
 
 
 async def test_unknown_sni_gets_an_unrecognized_name_alert(env: Env) -> None:
-    before = counter("atoll_gateway_route_failures_total", reason="unknown_service")
+    before = metric_value("atoll_gateway_route_failures_total", reason="unknown_service")
     with pytest.raises(ssl.SSLError) as err:
         await tls_call(env.port, PKI.svid(WEST, "c"), "nope.demo.svc.atoll.test", BACKEND_ID, b"")
     assert "UNRECOGNIZED_NAME" in str(err.value).upper().replace(" ", "_")
-    assert counter("atoll_gateway_route_failures_total", reason="unknown_service") == before + 1
+    assert (
+        metric_value("atoll_gateway_route_failures_total", reason="unknown_service") == before + 1
+    )
 
 
 async def _raw(port: int, data: bytes, *, close: bool = True, wait: float = 5.0) -> bytes:
@@ -226,18 +212,21 @@ async def _raw(port: int, data: bytes, *, close: bool = True, wait: float = 5.0)
 
 
 async def test_garbage_is_closed_counted_and_the_gateway_keeps_serving(env: Env) -> None:
-    before = {r: failures(r) for r in ("not_tls", "truncated", "oversized", "timeout", "malformed")}
+    before = {
+        r: handshake_failures(r)
+        for r in ("not_tls", "truncated", "oversized", "timeout", "malformed")
+    }
     assert await _raw(env.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == b""
     assert await _raw(env.port, b"\x16\x03\x01\x02\x00\x01\x00\x01") == b""  # truncated
     assert await _raw(env.port, b"\x16\x03\x01\x40\x00" + b"\x01" + b"\x00" * 5000) == b""
     assert await _raw(env.port, b"\x16\x03\x01\x00\x04\x02\x00\x00\x00") == b""  # not a hello
     # a slow sender: half a header, then silence until the hello timeout closes it
     assert await _raw(env.port, b"\x16\x03", close=False) == b""
-    assert failures("not_tls") == before["not_tls"] + 1
-    assert failures("truncated") == before["truncated"] + 1
-    assert failures("oversized") == before["oversized"] + 1
-    assert failures("malformed") == before["malformed"] + 1
-    assert failures("timeout") == before["timeout"] + 1
+    assert handshake_failures("not_tls") == before["not_tls"] + 1
+    assert handshake_failures("truncated") == before["truncated"] + 1
+    assert handshake_failures("oversized") == before["oversized"] + 1
+    assert handshake_failures("malformed") == before["malformed"] + 1
+    assert handshake_failures("timeout") == before["timeout"] + 1
     out = await tls_call(
         env.port, PKI.svid(WEST, "c"), "secure.demo.svc.atoll.test", BACKEND_ID, b"x\n"
     )
@@ -249,14 +238,10 @@ async def test_connection_limit_refuses_clearly(env: Env) -> None:
     idle = socket.create_connection((HOST, env.port))  # holds the only slot (a slow hello)
     try:
         await asyncio.sleep(0.1)
-        before = counter(
-            "atoll_gateway_refused_total", listener="inbound", reason="connection_limit"
-        )
+        before = refused_connections()
         out = await _raw(env.port, b"", close=False)
         assert out == bytes((21, 3, 3, 0, 2, 2, ALERTS["internal_error"]))
-        after = counter(
-            "atoll_gateway_refused_total", listener="inbound", reason="connection_limit"
-        )
+        after = refused_connections()
         assert after == before + 1
     finally:
         idle.close()

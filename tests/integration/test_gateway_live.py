@@ -14,25 +14,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from prometheus_client import REGISTRY
 
 from atoll.aio import spawn
-from atoll.model import (
-    Cluster,
-    ClusterSpec,
-    ImportTarget,
-    Metadata,
-    Resource,
-    ServiceImport,
-    ServiceImportSpec,
-    ServicePort,
-)
-from atoll_gateway.config import GatewayConfig, RouteConfig
+from atoll_gateway.config import RouteConfig
 from atoll_gateway.demo import DemoServer
 from atoll_gateway.identity import StaticSource
 from atoll_gateway.node import GatewayNode
 from atoll_gateway.policy import AllowPolicy
-from atoll_gateway.testing import StaticCatalog, TestPki, catalog_of, held_state
+from atoll_gateway.testing import TestPki, catalog_of
+from tests.gatewaykit import federation, importing_gateway, metric_value, serving_gateway
 
 HOST = "127.0.90.2"
 EGRESS = "127.0.90.3"
@@ -50,56 +40,27 @@ class Pair:
     egress_port: int
 
 
-def federation(east_port: int, port: int) -> list[Resource]:
-    return [
-        ServiceImport(
-            metadata=Metadata(name="web", namespace="demo"),
-            spec=ServiceImportSpec(
-                ports=[ServicePort(name="http", port=port)],
-                targets=[
-                    ImportTarget(
-                        cluster="east",
-                        region="r1",
-                        addresses=["10.9.9.9"],
-                        endpoints_healthy=1,
-                        endpoints_total=1,
-                        healthy=True,
-                    )
-                ],
-            ),
-        ),
-        Cluster(
-            metadata=Metadata(name="east"),
-            spec=ClusterSpec(region="r1", addresses={"gateway": f"{HOST}:{east_port}"}),
-        ),
-        Cluster(metadata=Metadata(name="west"), spec=ClusterSpec(region="r2")),
-    ]
-
-
 @pytest.fixture
 async def pair() -> AsyncIterator[Pair]:
     demo = DemoServer(cluster="east", service="demo/web")
     (demo_addr,) = await demo.start([(HOST, 0)])
     east_source = StaticSource(PKI.context(EAST, "atoll/gateway"))
-    east = GatewayNode(
-        GatewayConfig(
-            cluster="east",
-            listen=f"{HOST}:0",
-            services={"demo/web": RouteConfig(mode="terminate", proxy_protocol=True)},
-        ),
-        catalog=StaticCatalog(),
-        source=east_source,
+    east = serving_gateway(
+        "east",
+        east_source,
+        listen=f"{HOST}:0",
+        services={"demo/web": RouteConfig(mode="terminate", proxy_protocol=True)},
+        catalog=catalog_of({"demo/web": (demo_addr[1], [demo_addr])}),
     )
-    east.set_catalog(catalog_of({"demo/web": (demo_addr[1], [demo_addr])}))
-    east.start_listeners()
-    west = GatewayNode(
-        GatewayConfig(cluster="west", listen=f"{HOST}:0", egress_host=EGRESS),
-        catalog=StaticCatalog(),
-        source=StaticSource(PKI.context(WEST, "atoll/gateway")),
+    # west imports demo/web from east (its service port: the demo server's)
+    held = federation({"demo/web": demo_addr[1]}, {"east": east.inbound_address}, port_name="http")
+    west = importing_gateway(
+        "west",
+        StaticSource(PKI.context(WEST, "atoll/gateway")),
+        listen=f"{HOST}:0",
+        egress_host=EGRESS,
+        held=held,
     )
-    west.set_catalog(catalog_of({}))
-    west.start_listeners()
-    west.set_held(held_state(federation(east.inbound_address[1], demo_addr[1])))
     (egress,) = west.egress
     try:
         yield Pair(east, west, east_source, demo_addr, egress.port)
@@ -198,10 +159,10 @@ async def test_dead_endpoint_is_skipped_and_ejected(pair: Pair) -> None:
         update={"outlier": pair.east.config.outlier.model_copy(update={"consecutive_failures": 1})}
     )
     pair.east.apply_config(config)
-    before = REGISTRY.get_sample_value("atoll_gateway_ejections_total") or 0.0
+    before = metric_value("atoll_gateway_ejections_total")
     for _ in range(4):
         assert (await fetch_json(pair.egress_port))["cluster"] == "east"
-    assert (REGISTRY.get_sample_value("atoll_gateway_ejections_total") or 0.0) >= before + 1
+    assert metric_value("atoll_gateway_ejections_total") >= before + 1
     assert pair.east.runtime.balancer.is_ejected(
         next(e for e in pair.east.runtime.table.inbound[("demo", "web")].endpoints[pair.demo[1]]
              if e.port == 9)

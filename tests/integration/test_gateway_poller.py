@@ -14,39 +14,24 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
-import struct
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
 
 import pytest
-import uvloop
 
 from atoll.aio import cancel_and_wait, spawn
 from atoll_gateway import relay
 from atoll_gateway.poller import Poller, poller
 from atoll_gateway.relay import CopyRelay, SpliceRelay
+from tests.gatewaykit import LOOPS, Run, close_with_reset, runner_of, tcp_pair
 
 HOST = "127.0.94.1"
-T = TypeVar("T")
 
 
-class Run(Protocol):
-    def __call__(self, coro: Coroutine[Any, Any, T]) -> T: ...
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=LOOPS)
 def run(request: pytest.FixtureRequest) -> Run:
     """Run a coroutine to completion on a fresh loop of the parametrized kind."""
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = (
-        uvloop.new_event_loop if request.param == "uvloop" else None
-    )
-
-    def _run(coro: Coroutine[Any, Any, T]) -> T:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coro)
-
-    return _run
+    return runner_of(request.param)
 
 
 @pytest.fixture
@@ -410,26 +395,12 @@ def test_a_failed_registration_leaves_no_entry(run: Run) -> None:
 
 CONNECTIONS = 2_000
 CONCURRENCY = 25
-_RESET = struct.pack("ii", 1, 0)
 
 
 def _open_fds() -> int:
     """Open fds, less the splice pipe pool's (sockets of earlier tests collected first)."""
     gc.collect()
     return sum(1 for _ in Path("/proc/self/fd").iterdir()) - 2 * relay.pooled_pipes()
-
-
-def _tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
-    """A connected loopback pair made synchronously (no loop watch per socket)."""
-    out = socket.create_connection(listener.getsockname())
-    try:
-        inner, _ = listener.accept()
-    except BaseException:
-        out.close()
-        raise
-    for s in (out, inner):
-        s.setblocking(False)
-    return out, inner
 
 
 async def _read(sock: socket.socket, limit: int | None = None) -> bytes:
@@ -455,9 +426,9 @@ Relay = Callable[[socket.socket, socket.socket], CopyRelay | SpliceRelay]
 
 async def _one_connection(make: Relay, listener: socket.socket, n: int) -> None:
     """One connection through a relay, ending cleanly, by a reset or by cancellation."""
-    client, relay_in = _tcp_pair(listener)
+    client, relay_in = tcp_pair(listener)
     try:
-        relay_out, server = _tcp_pair(listener)
+        relay_out, server = tcp_pair(listener)
     except BaseException:
         client.close()
         relay_in.close()
@@ -476,8 +447,7 @@ async def _one_connection(make: Relay, listener: socket.socket, n: int) -> None:
                 assert await job == (len(request), len(response))
             elif n % 3 == 1:  # the client resets: the relay fails and resets the server
                 assert await _read(server, len(request)) == request
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-                client.close()
+                close_with_reset(client)
                 await job
                 assert await _read(server) == b""
             else:  # cancelled mid-stream (a drain deadline): both sides are closed
@@ -510,7 +480,6 @@ def test_churn_on_uvloop_leaves_no_fd_and_no_watcher(kind: str) -> None:
         finally:
             listener.close()
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        start, end, watched = runner.run(main())
+    start, end, watched = runner_of("uvloop")(main())
     assert end == start, f"{end - start} fds left open after {CONNECTIONS} connections"
     assert watched == 0, f"{watched} sockets still watched after {CONNECTIONS} connections"

@@ -13,7 +13,6 @@ import hashlib
 import os
 import socket
 import ssl
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -25,51 +24,30 @@ from atoll.aio import cancel_and_wait, spawn
 from atoll_gateway.balancer import Endpoint
 from atoll_gateway.relay import CopyRelay, SpliceRelay
 from atoll_gateway.relaywatch import RelayWatch
-from atoll_gateway.testing import TestPki
 from atoll_gateway.tlsio import accept_tls, connect_socket, connect_tls
-from atoll_trust.tls import build_client_context, build_server_context
+from tests.gatewaykit import (
+    RELAY_SERVER_NAME,
+    close_with_reset,
+    connected_pair,
+    read_to_eof,
+    relay_contexts,
+    send_all,
+)
 from tests.polling import eventually
 
 HOST = "127.0.93.1"
-DOMAIN = "relay.test"
-PKI = TestPki(DOMAIN)
-
-
-def _contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    svid = PKI.svid(DOMAIN, "gw")
-    bundles = PKI.bundles(DOMAIN)
-    server = build_server_context(svid, bundles)
-    client = build_client_context(svid, bundles.get(svid.spiffe_id.trust_domain))  # type: ignore[arg-type]
-    for ctx in (server, client):
-        ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
-    return server, client
-
-
-async def _pair() -> tuple[socket.socket, socket.socket]:
-    """Two connected non-blocking TCP sockets over loopback (accepted, connected)."""
-    loop = asyncio.get_running_loop()
-    lst = socket.create_server((HOST, 0))
-    lst.setblocking(False)
-    try:
-        port = lst.getsockname()[1]
-        connecting = spawn(connect_socket(Endpoint(HOST, port)), name="connect")
-        accepted, _ = await loop.sock_accept(lst)
-        accepted.setblocking(False)
-        return accepted, await connecting
-    finally:
-        lst.close()
 
 
 async def _tls_pair() -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
     """Server and client ends of a TLS connection, handshake done."""
-    server_ctx, client_ctx = _contexts()
+    server_ctx, client_ctx = relay_contexts()
     loop = asyncio.get_running_loop()
     lst = socket.create_server((HOST, 0))
     lst.setblocking(False)
     try:
         port = lst.getsockname()[1]
         connecting = spawn(
-            connect_tls(Endpoint(HOST, port), client_ctx, "gw.relay.test"), name="connect"
+            connect_tls(Endpoint(HOST, port), client_ctx, RELAY_SERVER_NAME), name="connect"
         )
         accepted, _ = await loop.sock_accept(lst)
         accepted.setblocking(False)
@@ -90,9 +68,9 @@ class Chain:
 
 @pytest.fixture
 async def chain() -> AsyncIterator[Chain]:
-    app_client, egress_in = await _pair()
+    app_client, egress_in = await connected_pair(HOST)
     gateway_tls, egress_tls = await _tls_pair()
-    gateway_out, app_server = await _pair()
+    gateway_out, app_server = await connected_pair(HOST)
     egress = CopyRelay(egress_in, egress_tls)
     gateway = CopyRelay(gateway_tls, gateway_out)
     runs = [spawn(egress.run(), name="egress"), spawn(gateway.run(), name="gateway")]
@@ -102,31 +80,19 @@ async def chain() -> AsyncIterator[Chain]:
     app_server.close()
 
 
-async def _send_all(sock: socket.socket, data: bytes) -> None:
-    await asyncio.get_running_loop().sock_sendall(sock, data)
-
-
-async def _read_to_eof(sock: socket.socket) -> bytes:
-    loop = asyncio.get_running_loop()
-    out = bytearray()
-    while chunk := await loop.sock_recv(sock, 1 << 16):
-        out += chunk
-    return bytes(out)
-
-
 async def test_bytes_cross_two_tls_relays_and_half_close_travels_through_tls(
     chain: Chain,
 ) -> None:
     request, response = os.urandom(3 << 20), os.urandom(5 << 20)
     # the client sends everything and half-closes; the server sees EOF *through TLS*
-    await _send_all(chain.app_client, request)
+    await send_all(chain.app_client, request)
     chain.app_client.shutdown(socket.SHUT_WR)
-    got = await asyncio.wait_for(_read_to_eof(chain.app_server), 30)
+    got = await asyncio.wait_for(read_to_eof(chain.app_server), 30)
     assert hashlib.sha256(got).digest() == hashlib.sha256(request).digest()
     # ... and can still answer on the other direction, then close
-    await _send_all(chain.app_server, response)
+    await send_all(chain.app_server, response)
     chain.app_server.shutdown(socket.SHUT_WR)
-    back = await asyncio.wait_for(_read_to_eof(chain.app_client), 30)
+    back = await asyncio.wait_for(read_to_eof(chain.app_client), 30)
     assert hashlib.sha256(back).digest() == hashlib.sha256(response).digest()
     totals = await asyncio.wait_for(asyncio.gather(*chain.runs), 10)
     assert totals == [(len(request), len(response)), (len(request), len(response))]
@@ -151,32 +117,31 @@ async def test_a_receiver_that_stops_reading_stops_the_sender(chain: Chain) -> N
     assert moved <= sent
     # the receiver starts reading: everything arrives, in order, nothing lost
     chain.app_client.shutdown(socket.SHUT_WR)
-    got = await asyncio.wait_for(_read_to_eof(chain.app_server), 60)
+    got = await asyncio.wait_for(read_to_eof(chain.app_server), 60)
     assert len(got) == sent and got == b"x" * sent
 
 
 async def test_a_reset_upstream_resets_the_client_through_both_relays(chain: Chain) -> None:
     """A failure is passed on as a failure: the client must not mistake it for a clean end."""
-    await _send_all(chain.app_client, b"hello")
+    await send_all(chain.app_client, b"hello")
     loop = asyncio.get_running_loop()
     assert await loop.sock_recv(chain.app_server, 5) == b"hello"
-    chain.app_server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    chain.app_server.close()  # RST
+    close_with_reset(chain.app_server)
     await asyncio.wait_for(asyncio.gather(*chain.runs), 10)
     assert chain.gateway.failed and chain.egress.failed
     with pytest.raises(ConnectionResetError):
-        await asyncio.wait_for(_read_to_eof(chain.app_client), 10)
+        await asyncio.wait_for(read_to_eof(chain.app_client), 10)
 
 
 async def test_the_proxy_header_prefix_reaches_the_upstream_first() -> None:
-    client_app, client_side = await _pair()
-    upstream_side, upstream_app = await _pair()
+    client_app, client_side = await connected_pair(HOST)
+    upstream_side, upstream_app = await connected_pair(HOST)
     relay = CopyRelay(client_side, upstream_side, prefix=b"PROXY-HEADER|")
     run = spawn(relay.run(), name="relay")
     try:
-        await _send_all(client_app, b"payload")
+        await send_all(client_app, b"payload")
         client_app.shutdown(socket.SHUT_WR)
-        assert await asyncio.wait_for(_read_to_eof(upstream_app), 10) == b"PROXY-HEADER|payload"
+        assert await asyncio.wait_for(read_to_eof(upstream_app), 10) == b"PROXY-HEADER|payload"
         upstream_app.shutdown(socket.SHUT_WR)
         assert await asyncio.wait_for(run, 10) == (len(b"payload"), 0)
     finally:
@@ -187,8 +152,8 @@ async def test_the_proxy_header_prefix_reaches_the_upstream_first() -> None:
 
 @pytest.mark.parametrize("kind", ["copy", "splice"])
 async def test_progress_is_reported_while_alive_and_idleness_ends_the_relay(kind: str) -> None:
-    client_app, client_side = await _pair()
-    upstream_side, upstream_app = await _pair()
+    client_app, client_side = await connected_pair(HOST)
+    upstream_side, upstream_app = await connected_pair(HOST)
     seen: list[tuple[int, int]] = []
     watch = RelayWatch(idle_timeout=0.6, on_progress=lambda u, d: seen.append((u, d)), tick=0.1)
     relay = (
@@ -199,9 +164,9 @@ async def test_progress_is_reported_while_alive_and_idleness_ends_the_relay(kind
     loop = asyncio.get_running_loop()
     run = spawn(relay.run(), name="relay")
     try:
-        await _send_all(client_app, b"a" * 1000)
+        await send_all(client_app, b"a" * 1000)
         assert await loop.sock_recv(upstream_app, 1000) == b"a" * 1000
-        await _send_all(upstream_app, b"b" * 10)
+        await send_all(upstream_app, b"b" * 10)
         # counted while the connection is still open
         await eventually(
             "live byte counts",
@@ -214,7 +179,7 @@ async def test_progress_is_reported_while_alive_and_idleness_ends_the_relay(kind
         assert loop.time() - started >= 0.5
         assert watch.timed_out
         assert totals == (1000, 10)
-        assert await asyncio.wait_for(_read_to_eof(upstream_app), 5) == b""
+        assert await asyncio.wait_for(read_to_eof(upstream_app), 5) == b""
     finally:
         await cancel_and_wait(run)
         client_app.close()
@@ -222,14 +187,14 @@ async def test_progress_is_reported_while_alive_and_idleness_ends_the_relay(kind
 
 
 async def test_a_busy_connection_is_not_idle() -> None:
-    client_app, client_side = await _pair()
-    upstream_side, upstream_app = await _pair()
+    client_app, client_side = await connected_pair(HOST)
+    upstream_side, upstream_app = await connected_pair(HOST)
     watch = RelayWatch(idle_timeout=0.3, tick=0.1)
     run = spawn(CopyRelay(client_side, upstream_side, watch).run(), name="relay")
     loop = asyncio.get_running_loop()
     try:
         for _ in range(12):  # 1.2 s of traffic, a byte every 0.1 s
-            await _send_all(client_app, b".")
+            await send_all(client_app, b".")
             assert await loop.sock_recv(upstream_app, 1) == b"."
             await asyncio.sleep(0.1)
         assert not run.done() and not watch.timed_out
@@ -285,16 +250,16 @@ def test_any_exchange_arrives_whole_and_in_order(
     arrives once and in order, each EOF reaches the other end, totals are exact."""
 
     async def scenario() -> None:
-        client_app, client_side = await _pair()
+        client_app, client_side = await connected_pair(HOST)
         if kind == "tls":  # client → egress-like relay → TLS → gateway-like relay → server
             gw_tls, eg_tls = await _tls_pair()
-            gw_out, server_app = await _pair()
+            gw_out, server_app = await connected_pair(HOST)
             relays: list[CopyRelay | SpliceRelay] = [
                 CopyRelay(client_side, eg_tls),
                 CopyRelay(gw_tls, gw_out),
             ]
         else:
-            upstream_side, server_app = await _pair()
+            upstream_side, server_app = await connected_pair(HOST)
             cls = CopyRelay if kind == "copy" else SpliceRelay
             relays = [cls(client_side, upstream_side)]
         runs = [spawn(r.run(), name="relay") for r in relays]
@@ -302,9 +267,9 @@ def test_any_exchange_arrives_whole_and_in_order(
 
             async def side(sock: socket.socket, chunks: list[bytes]) -> bytes:
                 for c in chunks:
-                    await _send_all(sock, c)
+                    await send_all(sock, c)
                 sock.shutdown(socket.SHUT_WR)
-                return await _read_to_eof(sock)
+                return await read_to_eof(sock)
 
             first, second = (
                 (side(client_app, up), side(server_app, down))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -27,7 +26,6 @@ import pytest
 from atoll.aio import cancel_and_wait, spawn
 from atoll_gateway.balancer import Endpoint
 from atoll_gateway.identity import TUNNEL_ALPN_POOLED, GatewayIdentity, StaticSource
-from atoll_gateway.poller import poller
 from atoll_gateway.relay import CopyRelay
 from atoll_gateway.testing import TestPki
 from atoll_gateway.tlsio import accept_tls, connect_tls
@@ -35,6 +33,7 @@ from atoll_trust.clock import system_clock
 from atoll_trust.peercache import PeerVerifier
 from atoll_trust.spiffe_id import SpiffeId, TrustDomain
 from atoll_trust.tls import peer_chain
+from tests.gatewaykit import poll_read, poll_recv_tls, poll_send
 
 HOST = "127.0.94.2"
 EAST, WEST = "east.resume.test", "west.resume.test"
@@ -50,29 +49,6 @@ def gateway_context(domain: str) -> StaticSource:
 
 
 # -- the east side: a terminating echo server -------------------------------------------
-
-
-async def _recv(tls: ssl.SSLSocket) -> bytes:
-    while True:
-        try:
-            return tls.recv(65536)
-        except ssl.SSLWantReadError:
-            await poller().wait(tls.fileno(), write=False)
-        except ssl.SSLWantWriteError:
-            await poller().wait(tls.fileno(), write=True)
-        except ssl.SSLZeroReturnError:
-            return b""
-
-
-async def _send(tls: ssl.SSLSocket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[tls.send(view) :]
-        except ssl.SSLWantWriteError:
-            await poller().wait(tls.fileno(), write=True)
-        except ssl.SSLWantReadError:
-            await poller().wait(tls.fileno(), write=False)
 
 
 @dataclass
@@ -112,8 +88,8 @@ class EchoServer:
                 Accepted(bool(tls.session_reused), verified.spiffe_id, tls.selected_alpn_protocol())
             )
             async with asyncio.timeout(10):
-                while data := await _recv(tls):
-                    await _send(tls, data)
+                while data := await poll_recv_tls(tls):
+                    await poll_send(tls, data)
         except Exception as exc:
             self.errors.append(exc)
         finally:
@@ -146,19 +122,6 @@ class Call:
     #: a verifier with an empty cache on the same connection
     fresh_peer: SpiffeId
     echo: bytes
-
-
-async def _read_to_eof(sock: socket.socket) -> bytes:
-    out = bytearray()
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except BlockingIOError:
-            await poller().wait(sock.fileno(), write=False)
-            continue
-        if not chunk:
-            return bytes(out)
-        out += chunk
 
 
 async def call(
@@ -196,7 +159,7 @@ async def call(
         async with asyncio.timeout(10):
             app.send(payload)
             app.shutdown(socket.SHUT_WR)
-            echo = await _read_to_eof(app)
+            echo = await poll_read(app)
             await job
     finally:
         await cancel_and_wait(job)

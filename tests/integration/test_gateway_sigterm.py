@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.gatewaykit import free_port
 from tests.polling import wait_for
 
 HOST = "127.0.90.5"
@@ -36,12 +36,6 @@ def client_hello(sni: str) -> bytes:
 
 
 HELLO = client_hello("bulk.demo.svc.atoll.test")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 async def _backend() -> asyncio.Server:
@@ -69,7 +63,7 @@ async def test_sigterm_stops_accepting_and_lets_the_transfer_finish(
         f"    instances: [{{id: b1, address: {HOST}, port: {bport}}}]\n"
     )
     (tmp_path / "gw.yaml").write_text("drain_seconds: 30\n")
-    port, admin = free_port(), free_port()
+    port, admin = free_port(HOST), free_port(HOST)
     log_path = tmp_path / "gateway.log"
     log_file = log_path.open("wb")
     proc = await asyncio.create_subprocess_exec(

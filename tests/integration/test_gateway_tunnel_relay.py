@@ -25,7 +25,6 @@ import os
 import random
 import socket
 import ssl
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -34,10 +33,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atoll.aio import cancel_and_wait, spawn
-from atoll_gateway.poller import poller
 from atoll_gateway.relay import BUFFER_SIZE, abort
 from atoll_gateway.relaywatch import RelayWatch
-from atoll_gateway.tlsio import handshake
 from atoll_gateway.tunnelio import read_frame, send_frame
 from atoll_gateway.tunnelpool import Tunnel, TunnelPool
 from atoll_gateway.tunnelproto import (
@@ -56,158 +53,53 @@ from atoll_gateway.tunnelproto import (
     refuse_frame,
 )
 from atoll_gateway.tunnelrelay import TunnelRelay
-from tests.integration.test_gateway_poller import Run, _tcp_pair
-from tests.integration.test_gateway_poller import run as run  # the asyncio/uvloop fixture
-from tests.integration.test_gateway_relay import _contexts, _read_to_eof, _send_all
+from tests.gatewaykit import (
+    LOOPS,
+    Run,
+    TlsLink,
+    close_with_reset,
+    data_frame,
+    poll_read,
+    poll_recv_tls,
+    poll_send,
+    read_data_frames,
+    read_to_eof,
+    relay_contexts,
+    runner_of,
+    send_all,
+    socket_pair,
+    tls_link,
+    tunnel_is_gone,
+)
 
 HOST = "127.0.0.1"
 NAME = "echo.default.svc.east.atoll"
 #: socket buffers of the back-pressure test (locked: no autotuning to many MiB)
 SMALL = 32 * 1024
-_RESET = struct.pack("ii", 1, 0)
 _WAIT = 20.0
+SERVER_CTX, CLIENT_CTX = relay_contexts(minimum_version=ssl.TLSVersion.TLSv1_3)
 
 
-def _tls13() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    server, client = _contexts()
-    for ctx in (server, client):
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    return server, client
+@pytest.fixture(params=LOOPS)
+def run(request: pytest.FixtureRequest) -> Run:
+    """Run a coroutine to completion on a fresh loop of the parametrized kind."""
+    return runner_of(request.param)
 
 
-SERVER_CTX, CLIENT_CTX = _tls13()
+# -- tunnels ----------------------------------------------------------------------------
 
 
-# -- sockets ----------------------------------------------------------------------------
-
-
-def _shrink(sock: socket.socket, size: int) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
-def _listener(bufsize: int | None = None) -> socket.socket:
-    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if bufsize is not None:
-        _shrink(lst, bufsize)  # inherited by the accepted sockets
-    lst.bind((HOST, 0))
-    lst.listen(16)
-    return lst
-
-
-def _pair(bufsize: int | None = None) -> tuple[socket.socket, socket.socket]:
-    """A connected non-blocking loopback TCP pair (connecting side, accepted side)."""
-    lst = _listener(bufsize)
-    try:
-        out, inner = _tcp_pair(lst)
-    finally:
-        lst.close()
-    if bufsize is not None:
-        _shrink(out, bufsize)
-    out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    inner.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return out, inner
-
-
-@dataclass
-class Link:
-    """One tunnel: ``egress`` is the TLS client's end, ``serving`` the TLS server's."""
-
-    egress: ssl.SSLSocket
-    serving: ssl.SSLSocket
-
-    def close(self) -> None:
-        self.egress.close()
-        self.serving.close()
-
-
-async def _link(bufsize: int | None = None) -> Link:
-    out, inner = _pair(bufsize)
-    serving = SERVER_CTX.wrap_socket(inner, server_side=True, do_handshake_on_connect=False)
-    egress = CLIENT_CTX.wrap_socket(
-        out, server_hostname="gw.relay.test", do_handshake_on_connect=False
-    )
-    await asyncio.wait_for(asyncio.gather(handshake(serving), handshake(egress)), _WAIT)
-    assert egress.version() == "TLSv1.3"
-    return Link(egress, serving)
-
-
-async def _wait(sock: socket.socket, *, write: bool = False) -> None:
-    await poller().wait(sock.fileno(), write=write, timeout=_WAIT)
-
-
-async def _send(sock: socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view) :]
-        except BlockingIOError:
-            await _wait(sock, write=True)
-
-
-async def _read(sock: socket.socket, limit: int | None = None) -> bytes:
-    """Up to EOF, or exactly ``limit`` bytes; a reset raises :class:`ConnectionResetError`."""
-    data = bytearray()
-    while limit is None or len(data) < limit:
-        try:
-            chunk = sock.recv(1 << 16 if limit is None else limit - len(data))
-        except BlockingIOError:
-            await _wait(sock)
-            continue
-        if not chunk:
-            if limit is not None:
-                raise EOFError(f"EOF after {len(data)} of {limit} bytes")
-            break
-        data += chunk
-    return bytes(data)
-
-
-async def _recv_tls(tls: ssl.SSLSocket) -> bytes:
-    """One read on a tunnel driven by hand (b"" at its end)."""
-    while True:
-        try:
-            return tls.recv(1 << 16)
-        except ssl.SSLWantReadError:
-            await _wait(tls)
-        except ssl.SSLZeroReturnError:
-            return b""
-
-
-async def _read_frames(tls: ssl.SSLSocket) -> tuple[bytes, list[int]]:
-    """What a relay sends to a hand-driven peer: the DATA payloads up to the FIN, and the
-    size of every frame (one frame per TLS record, the relay's contract)."""
-    buf, out = bytearray(), bytearray()
-    sizes: list[int] = []
-    while True:
-        chunk = await _recv_tls(tls)
-        assert chunk, "the tunnel ended before the FIN"
-        buf += chunk
-        while len(buf) >= 4:
-            (word,) = struct.unpack_from(">I", buf)
-            kind, length = word >> 24, word & 0xFFFFFF
-            if kind == FIN:
-                assert length == 0 and len(buf) == 4, "the FIN is alone and last"
-                return bytes(out), sizes
-            assert kind == DATA and length > 0
-            if len(buf) < 4 + length:
-                break
-            out += buf[4 : 4 + length]
-            sizes.append(4 + length)
-            del buf[: 4 + length]
-
-
-async def _tunnel_is_gone(tls: ssl.SSLSocket) -> bool:
-    """The far end of a tunnel sees it end (a reset, or an EOF) rather than more bytes."""
-    try:
-        return await _recv_tls(tls) == b""
-    except (ConnectionResetError, ssl.SSLEOFError):
-        return True
+async def _link(bufsize: int | None = None) -> TlsLink:
+    """One tunnel, TLS 1.3."""
+    link = await tls_link(HOST, SERVER_CTX, CLIENT_CTX, bufsize=bufsize)
+    assert link.egress.version() == "TLSv1.3"
+    return link
 
 
 # -- one stream through two relays ------------------------------------------------------
 
 
-async def _open(link: Link, name: str = NAME) -> tuple[bytes, bytes]:
+async def _open(link: TlsLink, name: str = NAME) -> tuple[bytes, bytes]:
     """OPEN → ACCEPT as the gateways do it; the bytes read past each control frame."""
     await send_frame(link.egress, open_frame(name), timeout=_WAIT)
     at_serving = FrameReader()
@@ -236,15 +128,15 @@ class Stream:
 
 
 async def _stream(
-    link: Link,
+    link: TlsLink,
     *,
     prefix: bytes = b"",
     bufsize: int | None = None,
     watch: RelayWatch | None = None,
 ) -> Stream:
     egress_rest, serving_rest = await _open(link)
-    app_client, egress_in = _pair(bufsize)
-    serving_out, app_server = _pair(bufsize)
+    app_client, egress_in = socket_pair(HOST, bufsize)
+    serving_out, app_server = socket_pair(HOST, bufsize)
     egress = TunnelRelay(egress_in, link.egress, watch, stream_is_client=True, read=egress_rest)
     serving = TunnelRelay(
         serving_out, link.serving, stream_is_client=False, prefix=prefix, read=serving_rest
@@ -261,21 +153,21 @@ async def _exchange(
 
     async def send(sock: socket.socket, chunks: list[bytes]) -> None:
         for c in chunks:
-            await _send(sock, c)
+            await poll_send(sock, c)
         sock.shutdown(socket.SHUT_WR)
 
     first, second = (s.app_client, s.app_server) if client_first else (s.app_server, s.app_client)
     to_second, to_first = (up, down) if client_first else (down, up)
-    reading = spawn(_read(second), name="read-second")
+    reading = spawn(poll_read(second), name="read-second")
     await send(first, to_second)
     got_second = await asyncio.wait_for(reading, _WAIT)
-    reading = spawn(_read(first), name="read-first")
+    reading = spawn(poll_read(first), name="read-first")
     await send(second, to_first)
     got_first = await asyncio.wait_for(reading, _WAIT)
     return (got_second, got_first) if client_first else (got_first, got_second)
 
 
-def _still_pooled(link: Link) -> bool:
+def _still_pooled(link: TlsLink) -> bool:
     """The egress's pool takes the tunnel back and hands it out again (its liveness check)."""
     pool = TunnelPool(max_idle=1, idle_timeout=60.0, max_age=600.0, clock=lambda: 0.0)
     tunnel = Tunnel(tls=link.egress, key="east/gw", context=CLIENT_CTX, born=0.0)
@@ -283,7 +175,9 @@ def _still_pooled(link: Link) -> bool:
     return pool.take("east/gw", CLIENT_CTX) is tunnel
 
 
-async def _clean_stream(link: Link, up: list[bytes], down: list[bytes], client_first: bool) -> None:
+async def _clean_stream(
+    link: TlsLink, up: list[bytes], down: list[bytes], client_first: bool
+) -> None:
     s = await _stream(link)
     try:
         at_server, at_client = await _exchange(s, up, down, client_first=client_first)
@@ -375,8 +269,8 @@ async def test_both_directions_at_once_end_cleanly_and_the_tunnel_is_reused() ->
                 up, down = os.urandom(2 << 20), os.urandom(3 << 20)
 
                 async def side(sock: socket.socket, data: bytes) -> bytes:
-                    reading = spawn(_read_to_eof(sock), name="read")
-                    await _send_all(sock, data)
+                    reading = spawn(read_to_eof(sock), name="read")
+                    await send_all(sock, data)
                     sock.shutdown(socket.SHUT_WR)
                     return await reading
 
@@ -399,7 +293,7 @@ async def test_a_tls_endpoint_behind_the_serving_relay() -> None:
     to_endpoint = await _link()  # .egress: the gateway's TLS client; .serving: the endpoint
     try:
         egress_rest, serving_rest = await _open(link)
-        app_client, egress_in = _pair()
+        app_client, egress_in = socket_pair(HOST)
         egress = TunnelRelay(egress_in, link.egress, stream_is_client=True, read=egress_rest)
         serving = TunnelRelay(
             to_endpoint.egress, link.serving, stream_is_client=False, read=serving_rest
@@ -408,15 +302,15 @@ async def test_a_tls_endpoint_behind_the_serving_relay() -> None:
         try:
             endpoint = to_endpoint.serving
             up, down = os.urandom(150_001), os.urandom(70_003)
-            await _send(app_client, up)
+            await poll_send(app_client, up)
             app_client.shutdown(socket.SHUT_WR)
             got = bytearray()
-            while chunk := await asyncio.wait_for(_recv_tls(endpoint), _WAIT):
+            while chunk := await asyncio.wait_for(poll_recv_tls(endpoint), _WAIT):
                 got += chunk
             assert got == up
             await send_frame(endpoint, down, timeout=_WAIT)  # any bytes, sent whole
             socket.socket.shutdown(endpoint, socket.SHUT_WR)  # a FIN under TLS
-            assert await asyncio.wait_for(_read(app_client), _WAIT) == down
+            assert await asyncio.wait_for(poll_read(app_client), _WAIT) == down
             totals = await asyncio.wait_for(asyncio.gather(*runs), _WAIT)
             assert totals == [(len(up), len(down))] * 2
             assert egress.reusable and serving.reusable
@@ -439,7 +333,7 @@ class Half:
     peer: ssl.SSLSocket  # the far end of the tunnel, driven by hand
     relay: TunnelRelay
     task: asyncio.Task[tuple[int, int]]
-    link: Link
+    link: TlsLink
 
     async def result(self) -> tuple[int, int]:
         return await asyncio.wait_for(self.task, _WAIT)
@@ -464,7 +358,7 @@ async def _half(
     watch: RelayWatch | None = None,
 ) -> Half:
     link = await _link()
-    app, stream = _pair()
+    app, stream = socket_pair(HOST)
     # the relay at the egress end (the tunnel's TLS client), or at the serving end
     mine, peer = (link.egress, link.serving) if stream_is_client else (link.serving, link.egress)
     relay = TunnelRelay(
@@ -475,21 +369,17 @@ async def _half(
     return h
 
 
-def _data(payload: bytes) -> bytes:
-    return header(DATA, len(payload)) + payload
-
-
 @pytest.mark.parametrize("stream_is_client", [True, False])
 async def test_totals_are_oriented_by_the_streams_role(
     halves: list[Half], stream_is_client: bool
 ) -> None:
     h = await _half(halves, stream_is_client=stream_is_client)
-    await _send(h.app, b"seven!!")
+    await poll_send(h.app, b"seven!!")
     h.app.shutdown(socket.SHUT_WR)
-    payload, sizes = await asyncio.wait_for(_read_frames(h.peer), _WAIT)
+    payload, sizes = await asyncio.wait_for(read_data_frames(h.peer), _WAIT)
     assert payload == b"seven!!" and sizes == [4 + 7]
-    await send_frame(h.peer, _data(b"abc") + FIN_FRAME, timeout=_WAIT)
-    assert await asyncio.wait_for(_read(h.app), _WAIT) == b"abc"
+    await send_frame(h.peer, data_frame(b"abc") + FIN_FRAME, timeout=_WAIT)
+    assert await asyncio.wait_for(poll_read(h.app), _WAIT) == b"abc"
     totals = await h.result()
     # (stream → tunnel, tunnel → stream) for a client stream; reversed for an upstream
     assert totals == ((7, 3) if stream_is_client else (3, 7))
@@ -501,8 +391,8 @@ async def test_a_big_stream_goes_out_one_record_sized_frame_at_a_time(
 ) -> None:
     h = await _half(halves)
     data = os.urandom(200_000)
-    sending = spawn(_send(h.app, data), name="send")
-    payload_task = spawn(_read_frames(h.peer), name="frames")
+    sending = spawn(poll_send(h.app, data), name="send")
+    payload_task = spawn(read_data_frames(h.peer), name="frames")
     await asyncio.wait_for(sending, _WAIT)
     h.app.shutdown(socket.SHUT_WR)
     payload, sizes = await asyncio.wait_for(payload_task, _WAIT)
@@ -516,13 +406,13 @@ async def test_the_prefix_reaches_the_stream_before_any_tunnel_byte(
     halves: list[Half],
 ) -> None:
     proxy = b"PROXY TCP4 10.0.0.1 10.0.0.2 40000 8080\r\n"
-    h = await _half(halves, stream_is_client=False, prefix=proxy, read=_data(b"early"))
+    h = await _half(halves, stream_is_client=False, prefix=proxy, read=data_frame(b"early"))
     # the prefix and the read-ahead arrive before the peer sends anything more
-    assert await asyncio.wait_for(_read(h.app, len(proxy) + 5), _WAIT) == proxy + b"early"
-    await send_frame(h.peer, _data(b" and late") + FIN_FRAME, timeout=_WAIT)
-    assert await asyncio.wait_for(_read(h.app), _WAIT) == b" and late"
+    assert await asyncio.wait_for(poll_read(h.app, len(proxy) + 5), _WAIT) == proxy + b"early"
+    await send_frame(h.peer, data_frame(b" and late") + FIN_FRAME, timeout=_WAIT)
+    assert await asyncio.wait_for(poll_read(h.app), _WAIT) == b" and late"
     h.app.shutdown(socket.SHUT_WR)
-    assert await asyncio.wait_for(_read_frames(h.peer), _WAIT) == (b"", [])
+    assert await asyncio.wait_for(read_data_frames(h.peer), _WAIT) == (b"", [])
     assert await h.result() == (len(b"early and late"), 0)  # the prefix is not counted
     assert h.relay.reusable
 
@@ -532,7 +422,7 @@ async def test_the_prefix_goes_first_through_a_full_pair() -> None:
     s = await _stream(link, prefix=b"HEADER|")
     try:
         # before the workload sends a byte, the endpoint has the prefix
-        assert await asyncio.wait_for(_read(s.app_server, 7), _WAIT) == b"HEADER|"
+        assert await asyncio.wait_for(poll_read(s.app_server, 7), _WAIT) == b"HEADER|"
         at_server, at_client = await _exchange(s, [b"ping"], [b"pong"], client_first=True)
         assert (at_server, at_client) == (b"ping", b"pong")
         assert await s.finish() == [(4, 4), (4, 4)]
@@ -545,14 +435,14 @@ async def test_the_prefix_goes_first_through_a_full_pair() -> None:
 async def test_bytes_read_with_the_control_frame_are_delivered_first(
     halves: list[Half], cut: int
 ) -> None:
-    second = _data(b"abcde")
-    h = await _half(halves, read=_data(b"0123456789") + second[:cut])
-    assert await asyncio.wait_for(_read(h.app, 10), _WAIT) == b"0123456789"
+    second = data_frame(b"abcde")
+    h = await _half(halves, read=data_frame(b"0123456789") + second[:cut])
+    assert await asyncio.wait_for(poll_read(h.app, 10), _WAIT) == b"0123456789"
     await send_frame(h.peer, second[cut:], timeout=_WAIT)  # the rest of the frame, alone
-    await send_frame(h.peer, _data(b"xyz") + FIN_FRAME, timeout=_WAIT)
-    assert await asyncio.wait_for(_read(h.app), _WAIT) == b"abcdexyz"
+    await send_frame(h.peer, data_frame(b"xyz") + FIN_FRAME, timeout=_WAIT)
+    assert await asyncio.wait_for(poll_read(h.app), _WAIT) == b"abcdexyz"
     h.app.shutdown(socket.SHUT_WR)
-    assert await asyncio.wait_for(_read_frames(h.peer), _WAIT) == (b"", [])
+    assert await asyncio.wait_for(read_data_frames(h.peer), _WAIT) == (b"", [])
     assert await h.result() == (0, 18)
     assert h.relay.reusable
 
@@ -561,12 +451,12 @@ async def test_bytes_read_with_the_control_frame_are_delivered_first(
 async def test_a_fin_split_between_read_ahead_and_the_tunnel_ends_the_direction(
     halves: list[Half], cut: int
 ) -> None:
-    h = await _half(halves, read=_data(b"answer") + FIN_FRAME[:cut])
-    assert await asyncio.wait_for(_read(h.app, 6), _WAIT) == b"answer"
+    h = await _half(halves, read=data_frame(b"answer") + FIN_FRAME[:cut])
+    assert await asyncio.wait_for(poll_read(h.app, 6), _WAIT) == b"answer"
     await send_frame(h.peer, FIN_FRAME[cut:], timeout=_WAIT)
-    assert await asyncio.wait_for(_read(h.app), _WAIT) == b""  # the FIN: EOF
+    assert await asyncio.wait_for(poll_read(h.app), _WAIT) == b""  # the FIN: EOF
     h.app.shutdown(socket.SHUT_WR)
-    assert await asyncio.wait_for(_read_frames(h.peer), _WAIT) == (b"", [])
+    assert await asyncio.wait_for(read_data_frames(h.peer), _WAIT) == (b"", [])
     assert await h.result() == (0, 6)
     assert h.relay.reusable
 
@@ -576,15 +466,15 @@ async def test_read_ahead_may_end_inside_a_payload_or_hold_the_fin(
 ) -> None:
     # the read-ahead ends four bytes into a ten-byte payload
     h = await _half(halves, read=header(DATA, 10) + b"0123")
-    assert await asyncio.wait_for(_read(h.app, 4), _WAIT) == b"0123"
+    assert await asyncio.wait_for(poll_read(h.app, 4), _WAIT) == b"0123"
     await send_frame(h.peer, b"456789" + FIN_FRAME, timeout=_WAIT)
-    assert await asyncio.wait_for(_read(h.app), _WAIT) == b"456789"
+    assert await asyncio.wait_for(poll_read(h.app), _WAIT) == b"456789"
     # the read-ahead is the whole answer: the stream gets it and its EOF at once
-    g = await _half(halves, read=_data(b"all of it") + FIN_FRAME)
-    assert await asyncio.wait_for(_read(g.app), _WAIT) == b"all of it"
-    await _send(g.app, b"late question")
+    g = await _half(halves, read=data_frame(b"all of it") + FIN_FRAME)
+    assert await asyncio.wait_for(poll_read(g.app), _WAIT) == b"all of it"
+    await poll_send(g.app, b"late question")
     g.app.shutdown(socket.SHUT_WR)
-    assert await asyncio.wait_for(_read_frames(g.peer), _WAIT) == (b"late question", [17])
+    assert await asyncio.wait_for(read_data_frames(g.peer), _WAIT) == (b"late question", [17])
     assert await g.result() == (13, 9)
     assert g.relay.reusable
 
@@ -596,12 +486,14 @@ async def test_a_frame_larger_than_a_record_reaches_a_slow_reader_whole(
     in between, and the FIN in the last record still comes after every byte."""
     h = await _half(halves)
     payload = os.urandom(3 << 20)
-    sending = spawn(send_frame(h.peer, _data(payload) + FIN_FRAME, timeout=_WAIT), name="big-frame")
+    sending = spawn(
+        send_frame(h.peer, data_frame(payload) + FIN_FRAME, timeout=_WAIT), name="big-frame"
+    )
     await asyncio.sleep(0.1)  # let the stream's socket fill before anyone reads
-    assert await asyncio.wait_for(_read(h.app), _WAIT) == payload
+    assert await asyncio.wait_for(poll_read(h.app), _WAIT) == payload
     await asyncio.wait_for(sending, _WAIT)
     h.app.shutdown(socket.SHUT_WR)
-    assert await asyncio.wait_for(_read_frames(h.peer), _WAIT) == (b"", [])
+    assert await asyncio.wait_for(read_data_frames(h.peer), _WAIT) == (b"", [])
     assert await h.result() == (0, len(payload))
     assert h.relay.reusable
 
@@ -610,17 +502,17 @@ async def test_the_next_open_waiting_behind_a_fin_is_left_for_the_next_stream() 
     """The egress may reuse the tunnel before the serving relay has seen its FIN: the next
     OPEN then waits right behind the FIN, and belongs to the next stream."""
     link = await _link()
-    app, stream = _pair()
+    app, stream = socket_pair(HOST)
     try:
         nxt = "next.default.svc.east.atoll"
-        for w in (_data(b"last words"), FIN_FRAME, open_frame(nxt)):  # records in the socket
+        for w in (data_frame(b"last words"), FIN_FRAME, open_frame(nxt)):  # records in the socket
             await send_frame(link.egress, w, timeout=_WAIT)
         app.shutdown(socket.SHUT_WR)  # the endpoint has nothing to say
         relay = TunnelRelay(stream, link.serving, stream_is_client=False)
         assert await asyncio.wait_for(relay.run(), _WAIT) == (10, 0)
         assert relay.reusable and relay.error is None
-        assert await asyncio.wait_for(_read(app), _WAIT) == b"last words"
-        assert await asyncio.wait_for(_read_frames(link.egress), _WAIT) == (b"", [])
+        assert await asyncio.wait_for(poll_read(app), _WAIT) == b"last words"
+        assert await asyncio.wait_for(read_data_frames(link.egress), _WAIT) == (b"", [])
         reader = FrameReader()
         assert await read_frame(link.serving, reader, timeout=_WAIT) == Frame(OPEN, nxt.encode())
         assert reader.take_rest() == b""
@@ -631,7 +523,7 @@ async def test_the_next_open_waiting_behind_a_fin_is_left_for_the_next_stream() 
 
 async def test_more_read_ahead_than_a_buffer_is_refused() -> None:
     link = await _link()
-    app, stream = _pair()
+    app, stream = socket_pair(HOST)
     try:
         with pytest.raises(ValueError, match="read ahead"):
             TunnelRelay(stream, link.egress, stream_is_client=True, read=b"x" * (BUFFER_SIZE + 1))
@@ -654,20 +546,19 @@ async def test_a_stream_reset_fails_both_relays_and_resets_the_tunnel(who: str) 
     link = await _link()
     s = await _stream(link)
     try:
-        await _send(s.app_client, b"hello")
-        assert await asyncio.wait_for(_read(s.app_server, 5), _WAIT) == b"hello"
+        await poll_send(s.app_client, b"hello")
+        assert await asyncio.wait_for(poll_read(s.app_server, 5), _WAIT) == b"hello"
         resetting, other = (
             (s.app_client, s.app_server) if who == "workload" else (s.app_server, s.app_client)
         )
-        resetting.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-        resetting.close()  # RST
+        close_with_reset(resetting)
         await s.finish()
         for relay in (s.egress, s.serving):
             _assert_torn_down(relay)
         assert link.egress.fileno() == -1 and link.serving.fileno() == -1
         # a failure is passed on as a failure: the other application sees a reset
         with pytest.raises(ConnectionResetError):
-            await asyncio.wait_for(_read(other), _WAIT)
+            await asyncio.wait_for(poll_read(other), _WAIT)
     finally:
         await s.close()
         link.close()
@@ -681,9 +572,9 @@ VIOLATIONS = [
     pytest.param([header(0, 0)], "frame type 0", id="type-0"),
     pytest.param([header(DATA, 0)], "frame type 4", id="empty-data"),
     pytest.param([header(FIN, 2) + b"zz"], "frame type 5", id="fin-with-payload"),
-    pytest.param([FIN_FRAME + _data(b"z")], "bytes after FIN", id="bytes-after-fin"),
+    pytest.param([FIN_FRAME + data_frame(b"z")], "bytes after FIN", id="bytes-after-fin"),
     pytest.param([header(9, 0)[:2], header(9, 0)[2:]], "frame type 9", id="split-bad-header"),
-    pytest.param([_data(b"ok") + header(0x7F, 0)], "frame type 127", id="after-data"),
+    pytest.param([data_frame(b"ok") + header(0x7F, 0)], "frame type 127", id="after-data"),
 ]
 
 
@@ -692,8 +583,8 @@ async def test_a_protocol_violation_fails_the_relay_with_eproto(
     halves: list[Half], writes: list[bytes], what: str
 ) -> None:
     h = await _half(halves)
-    await send_frame(h.peer, _data(b"hello"), timeout=_WAIT)
-    assert await asyncio.wait_for(_read(h.app, 5), _WAIT) == b"hello"
+    await send_frame(h.peer, data_frame(b"hello"), timeout=_WAIT)
+    assert await asyncio.wait_for(poll_read(h.app, 5), _WAIT) == b"hello"
     for w in writes:  # each its own TLS record
         await send_frame(h.peer, w, timeout=_WAIT)
     await h.result()
@@ -702,8 +593,8 @@ async def test_a_protocol_violation_fails_the_relay_with_eproto(
     _assert_torn_down(h.relay)
     # both ends are reset: the workload and the peer gateway
     with pytest.raises(ConnectionResetError):
-        await asyncio.wait_for(_read(h.app), _WAIT)
-    assert await asyncio.wait_for(_tunnel_is_gone(h.peer), _WAIT)
+        await asyncio.wait_for(poll_read(h.app), _WAIT)
+    assert await asyncio.wait_for(tunnel_is_gone(h.peer), _WAIT)
 
 
 async def test_a_violation_from_the_egress_fails_the_serving_relay(
@@ -721,8 +612,8 @@ async def test_the_tunnel_closing_mid_stream_resets_the_stream(
     halves: list[Half], how: str
 ) -> None:
     h = await _half(halves)
-    await send_frame(h.peer, _data(b"hello"), timeout=_WAIT)
-    assert await asyncio.wait_for(_read(h.app, 5), _WAIT) == b"hello"
+    await send_frame(h.peer, data_frame(b"hello"), timeout=_WAIT)
+    assert await asyncio.wait_for(poll_read(h.app, 5), _WAIT) == b"hello"
     if how == "close_notify":
         # sent; it would now wait for the relay's own close_notify
         with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -734,7 +625,7 @@ async def test_the_tunnel_closing_mid_stream_resets_the_stream(
     _assert_torn_down(h.relay)
     assert h.relay.error is None  # a vanished peer is a reset, not a relay error
     with pytest.raises(ConnectionResetError):
-        await asyncio.wait_for(_read(h.app), _WAIT)
+        await asyncio.wait_for(poll_read(h.app), _WAIT)
 
 
 async def test_an_idle_stream_times_out_and_the_tunnel_is_not_reused() -> None:
@@ -742,8 +633,8 @@ async def test_an_idle_stream_times_out_and_the_tunnel_is_not_reused() -> None:
     watch = RelayWatch(idle_timeout=0.3, tick=0.1)
     s = await _stream(link, watch=watch)
     try:
-        await _send(s.app_client, b"hello")
-        assert await asyncio.wait_for(_read(s.app_server, 5), _WAIT) == b"hello"
+        await poll_send(s.app_client, b"hello")
+        assert await asyncio.wait_for(poll_read(s.app_server, 5), _WAIT) == b"hello"
         await asyncio.wait_for(s.runs[0], _WAIT)
         assert watch.timed_out
         assert not s.egress.reusable and link.egress.fileno() == -1
@@ -758,8 +649,8 @@ async def test_a_cancelled_stream_does_not_leave_a_reusable_tunnel() -> None:
     link = await _link()
     s = await _stream(link)
     try:
-        await _send(s.app_client, b"hello")
-        assert await asyncio.wait_for(_read(s.app_server, 5), _WAIT) == b"hello"
+        await poll_send(s.app_client, b"hello")
+        assert await asyncio.wait_for(poll_read(s.app_server, 5), _WAIT) == b"hello"
         await cancel_and_wait(s.runs[0])  # a drain deadline
         assert not s.egress.reusable and link.egress.fileno() == -1
         await asyncio.wait_for(s.runs[1], _WAIT)
@@ -816,13 +707,13 @@ async def test_a_reader_that_does_not_read_stops_the_sender(towards: str) -> Non
         assert sent < total, "the relays kept accepting bytes nobody read"
         assert sent <= capacity
         # the reader drains: everything arrives, in order, and the relays finish cleanly
-        reading = spawn(_read(reader), name="drain")
-        await _send(sender, data[sent:])
+        reading = spawn(poll_read(reader), name="drain")
+        await poll_send(sender, data[sent:])
         sender.shutdown(socket.SHUT_WR)
         got = await asyncio.wait_for(reading, _WAIT)
         assert len(got) == total and got == data
         reader.shutdown(socket.SHUT_WR)
-        assert await asyncio.wait_for(_read(sender), _WAIT) == b""
+        assert await asyncio.wait_for(poll_read(sender), _WAIT) == b""
         totals = await s.finish()
         expected = (total, 0) if towards == "endpoint" else (0, total)
         assert totals == [expected, expected]
@@ -836,13 +727,13 @@ async def test_a_reader_that_does_not_read_stops_the_sender(towards: str) -> Non
 
 
 @pytest.fixture
-async def link() -> AsyncIterator[Link]:
+async def link() -> AsyncIterator[TlsLink]:
     made = await _link()
     yield made
     made.close()
 
 
-async def test_a_refused_open_leaves_the_tunnel_usable(link: Link) -> None:
+async def test_a_refused_open_leaves_the_tunnel_usable(link: TlsLink) -> None:
     await send_frame(link.egress, open_frame("nothing.here.atoll"), timeout=_WAIT)
     at_serving = FrameReader()
     frame = await read_frame(link.serving, at_serving, timeout=_WAIT)
@@ -854,23 +745,23 @@ async def test_a_refused_open_leaves_the_tunnel_usable(link: Link) -> None:
     await _clean_stream(link, [b"after a refusal"], [b"fine"], client_first=True)
 
 
-async def test_read_frame_sees_the_peer_close(link: Link) -> None:
+async def test_read_frame_sees_the_peer_close(link: TlsLink) -> None:
     link.serving.close()
     assert await read_frame(link.egress, FrameReader(), timeout=_WAIT) is None
 
 
-async def test_read_frame_times_out(link: Link) -> None:
+async def test_read_frame_times_out(link: TlsLink) -> None:
     with pytest.raises(TimeoutError):
         await read_frame(link.egress, FrameReader(), timeout=0.1)
 
 
-async def test_read_frame_raises_on_a_frame_that_cannot_be_valid(link: Link) -> None:
-    await send_frame(link.serving, _data(b"too early"), timeout=_WAIT)
+async def test_read_frame_raises_on_a_frame_that_cannot_be_valid(link: TlsLink) -> None:
+    await send_frame(link.serving, data_frame(b"too early"), timeout=_WAIT)
     with pytest.raises(TunnelProtocolError):
         await read_frame(link.egress, FrameReader(), timeout=_WAIT)
 
 
-async def test_read_frame_gives_up_when_told_to_stop_and_is_woken(link: Link) -> None:
+async def test_read_frame_gives_up_when_told_to_stop_and_is_woken(link: TlsLink) -> None:
     stopping = False
     wake: set[asyncio.Future[None]] = set()
     waiting = spawn(

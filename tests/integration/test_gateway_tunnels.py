@@ -30,39 +30,45 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import os
-import socket
 import ssl
-import struct
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 
 from atoll.aio import cancel_and_wait, spawn
-from atoll.model import (
-    Cluster,
-    ClusterSpec,
-    ImportTarget,
-    Metadata,
-    Resource,
-    ServiceImport,
-    ServiceImportSpec,
-    ServicePort,
-)
 from atoll_agent.registry import CatalogSnapshot
-from atoll_gateway.config import GatewayConfig, RouteConfig
+from atoll_gateway.config import RouteConfig
 from atoll_gateway.demo import DemoServer
 from atoll_gateway.identity import TUNNEL_ALPN, GatewayIdentity, StaticSource
 from atoll_gateway.node import GatewayNode
 from atoll_gateway.policy import AllowPolicy
-from atoll_gateway.testing import StaticCatalog, TestPki, catalog_of, held_state
+from atoll_gateway.testing import TestPki, catalog_of, held_state
 from atoll_trust.clock import system_clock
 from atoll_trust.errors import SvidVerificationError
 from atoll_trust.spiffe_id import TrustDomain
 from atoll_trust.tls import build_server_context, verify_peer
-from tests.integration.test_gateway_inbound import counter
+from tests import gatewaykit
+from tests.gatewaykit import (
+    Address,
+    Echo,
+    closed_tunnels,
+    egress_lines,
+    federation,
+    free_port,
+    handshake_failures,
+    handshakes,
+    idle_tunnels,
+    importing_gateway,
+    pooled,
+    refused_connections,
+    reset_connection,
+    served_streams,
+    stream_counts,
+    upstream_failures,
+)
 from tests.polling import eventually
 
 HOST = "127.77.0.1"  # gateways' TLS ports and the echo workloads
@@ -73,85 +79,16 @@ NORTH_GW = TrustDomain(NORTH).spiffe_id("atoll", "gateway")
 WEST_GW = TrustDomain(WEST).spiffe_id("atoll", "gateway")
 ECHO, SECRET, WEB, REORIGIN = "demo/echo", "demo/secret", "demo/web", "demo/reorigin"
 MIB = 1024 * 1024
-Address = tuple[str, int]
 
 
-# -- the workload and its clients ---------------------------------------------------------
+# -- the workloads and their clients ------------------------------------------------------
 
-
-class Echo:
-    """A plain-TCP workload: ``<tag>|`` first, then every byte it reads, until EOF;
-    a read holding ``!reset`` makes it reset the connection instead."""
-
-    def __init__(self, tag: str) -> None:
-        self.tag = f"{tag}|".encode()
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> Address:
-        self.server = await asyncio.start_server(self._handle, HOST, 0)
-        host, port = self.server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(self.tag)
-            while chunk := await reader.read(1 << 16):
-                if b"!reset" in chunk:
-                    reset(writer)
-                    return
-                writer.write(chunk)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-
-def reset(writer: asyncio.StreamWriter) -> None:
-    """Close ``writer``'s connection with a TCP reset (SO_LINGER 0), not a FIN."""
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
-async def exchange(port: int, payload: bytes = b"ping") -> bytes:
-    """One client connection through west's egress: send ``payload`` and EOF, read to EOF
-    (concurrently: a long echo would otherwise fill every buffer and stall)."""
-    reader, writer = await asyncio.open_connection(EGRESS, port)
-    got = spawn(reader.read(), name="client-read")
-    try:
-        async with asyncio.timeout(15):
-            writer.write(payload)
-            await writer.drain()
-            writer.write_eof()
-            return await got
-    finally:
-        await cancel_and_wait(got)
-        writer.close()
-
-
-async def nothing_back(port: int) -> bytes:
-    """Connect, send nothing, read what comes back (b"" when the egress closes, or resets)."""
-    reader, writer = await asyncio.open_connection(EGRESS, port)
-    try:
-        async with asyncio.timeout(15):
-            return await reader.read()
-    except ConnectionResetError:
-        return b""
-    finally:
-        writer.close()
-
-
-async def http_get(port: int) -> dict[str, str]:
-    """An HTTP/1.1 request to the demo server (which closes after its answer)."""
-    data = await ask(port, b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), data
-    return dict(json.loads(body))
+# every client connects to one of west's egress listeners
+exchange = partial(gatewaykit.exchange, EGRESS)
+nothing_back = partial(gatewaykit.nothing_back, EGRESS)
+ask = partial(gatewaykit.ask, EGRESS)
+http_get = partial(gatewaykit.http_get, EGRESS)
+hold = partial(gatewaykit.HeldConnection.open, EGRESS)
 
 
 async def tls_backend() -> tuple[asyncio.Server, Address]:
@@ -176,79 +113,11 @@ async def tls_backend() -> tuple[asyncio.Server, Address]:
     return server, (str(host), int(port))
 
 
-async def ask(port: int, line: bytes) -> bytes:
-    """Send one line, read until the server closes (the client never half-closes)."""
-    reader, writer = await asyncio.open_connection(EGRESS, port)
-    try:
-        writer.write(line)
-        async with asyncio.timeout(15):
-            return await reader.read()
-    finally:
-        writer.close()
-
-
-@dataclass
-class Held:
-    """A client connection whose stream is established and held open mid-way."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-
-    @classmethod
-    async def open(cls, port: int, first: bytes, tag: bytes = b"east|") -> Held:
-        reader, writer = await asyncio.open_connection(EGRESS, port)
-        writer.write(first)
-        await writer.drain()
-        async with asyncio.timeout(15):
-            assert await reader.readexactly(len(tag) + len(first)) == tag + first
-        return cls(reader, writer)
-
-    async def finish(self, rest: bytes) -> bytes:
-        """Send the rest and EOF; what came back after the first echo."""
-        got = spawn(self.reader.read(), name="held-read")
-        try:
-            async with asyncio.timeout(15):
-                self.writer.write(rest)
-                await self.writer.drain()
-                self.writer.write_eof()
-                return await got
-        finally:
-            await cancel_and_wait(got)
-            self.writer.close()
-
-
 # -- observing the gateways ---------------------------------------------------------------
 
 
-def handshakes(resumed: str | None = None) -> float:
-    """Server-side handshakes on the gateways' TLS ports (east, and north if running)."""
-    flags = ("true", "false") if resumed is None else (resumed,)
-    return sum(
-        counter("atoll_gateway_tls_handshakes_total", listener="inbound", role="server", resumed=r)
-        for r in flags
-    )
-
-
-def streams(role: str, reused: str) -> float:
-    return counter("atoll_gateway_tunnel_streams_total", role=role, reused=reused)
-
-
-def stream_counts() -> list[float]:
-    """Streams opened on pooled tunnels: server new, server reused, client new, client reused."""
-    return [streams(role, reused) for role in ("server", "client") for reused in ("false", "true")]
-
-
-def idle_gauge(role: str = "egress") -> float:
-    return counter("atoll_gateway_tunnels_idle", role=role)
-
-
 def peer_refused(cluster: str = "east") -> float:
-    return counter(
-        "atoll_gateway_upstream_failures_total",
-        listener="egress",
-        destination_cluster=cluster,
-        reason="peer_refused",
-    )
+    return upstream_failures("peer_refused", listener="egress", cluster=cluster)
 
 
 def refused_at_inbound(reason: str) -> float:
@@ -256,107 +125,18 @@ def refused_at_inbound(reason: str) -> float:
     an endpoint that could not be had as an upstream failure, a peer that may not
     connect as a handshake failure."""
     if reason == "no_endpoint":
-        return counter(
-            "atoll_gateway_upstream_failures_total",
-            listener="inbound",
-            destination_cluster="east",
-            reason=reason,
-        )
-    return counter("atoll_gateway_handshake_failures_total", listener="inbound", reason=reason)
-
-
-@dataclass(frozen=True)
-class Line:
-    """One access-log line (the fields the tests read)."""
-
-    listener: str
-    mode: str | None
-    client: str
-    service: str | None
-    destination: str
-    outcome: str
-    detail: str
-    bytes_to_upstream: int
-
-
-def access_lines(caplog: pytest.LogCaptureFixture) -> list[Line]:
-    out = []
-    for r in caplog.records:
-        if r.name != "atoll.gateway.access":
-            continue
-        f = vars(r)  # the structured fields arrive as record attributes (``extra``)
-        out.append(
-            Line(
-                listener=f["listener"],
-                mode=f["mode"],
-                client=f["client"],
-                service=f["service"],
-                destination=f["destination_cluster"],
-                outcome=f["outcome"],
-                detail=f["detail"],
-                bytes_to_upstream=f["bytes_to_upstream"],
-            )
-        )
-    return out
-
-
-def served_streams(caplog: pytest.LogCaptureFixture, cluster: str = "east") -> list[Line]:
-    """The stream lines of ``cluster``'s gateway (per-connection tunnels log the same way)."""
-    return [
-        ln
-        for ln in access_lines(caplog)
-        if ln.listener == "inbound" and ln.mode == "terminate" and ln.destination == cluster
-    ]
-
-
-def closed_tunnels(caplog: pytest.LogCaptureFixture, cluster: str = "east") -> list[Line]:
-    return [
-        ln
-        for ln in access_lines(caplog)
-        if ln.listener == "inbound" and ln.mode == "tunnel" and ln.destination == cluster
-    ]
-
-
-def egress_lines(caplog: pytest.LogCaptureFixture) -> list[Line]:
-    return [ln for ln in access_lines(caplog) if ln.listener == "egress"]
-
-
-async def pooled(node: GatewayNode, n: int) -> None:
-    """Until ``node``'s egress holds exactly ``n`` idle tunnels."""
-    await eventually(f"{n} idle tunnel(s) in the pool", lambda: len(node.runtime.tunnels) == n, 10)
+        return upstream_failures(reason, listener="inbound", cluster="east")
+    return handshake_failures(reason)
 
 
 # -- the gateways -------------------------------------------------------------------------
 
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def federation(ports: Mapping[str, int], gateways: Mapping[str, Address]) -> list[Resource]:
-    """Every service of ``ports`` imported from every cluster of ``gateways`` (no
-    TrafficPolicy: round robin, so with two clusters each decision lists both)."""
-    out: list[Resource] = []
-    for key, port in ports.items():
-        ns, name = key.split("/")
-        targets = [
-            ImportTarget(cluster=c, region="r1", addresses=["10.9.9.9"], endpoints_healthy=1,
-                         endpoints_total=1, healthy=True)
-            for c in gateways
-        ]  # fmt: skip
-        out.append(
-            ServiceImport(
-                metadata=Metadata(name=name, namespace=ns),
-                spec=ServiceImportSpec(ports=[ServicePort(name="tcp", port=port)], targets=targets),
-            )
-        )
-    for c, (host, port) in gateways.items():
-        spec = ClusterSpec(region="r1", addresses={"gateway": f"{host}:{port}"})
-        out.append(Cluster(metadata=Metadata(name=c), spec=spec))
-    out.append(Cluster(metadata=Metadata(name="west"), spec=ClusterSpec(region="r2")))
-    return out
+ROUTES = {
+    ECHO: RouteConfig(mode="terminate"),
+    SECRET: RouteConfig(mode="terminate", allow=AllowPolicy(ids=(str(NORTH_GW),))),
+    WEB: RouteConfig(mode="terminate", proxy_protocol=True),
+    REORIGIN: RouteConfig(mode="terminate", upstream_tls=True),
+}
 
 
 def serving_catalog(
@@ -383,22 +163,10 @@ def serving_gateway(
     port: int = 0,
 ) -> tuple[GatewayNode, StaticSource]:
     source = StaticSource(PKI.context(domain, "atoll/gateway"))
-    node = GatewayNode(
-        GatewayConfig(
-            cluster=cluster,
-            listen=f"{HOST}:{port}",
-            services={
-                ECHO: RouteConfig(mode="terminate"),
-                SECRET: RouteConfig(mode="terminate", allow=AllowPolicy(ids=(str(NORTH_GW),))),
-                WEB: RouteConfig(mode="terminate", proxy_protocol=True),
-                REORIGIN: RouteConfig(mode="terminate", upstream_tls=True),
-            },
-        ),
-        catalog=StaticCatalog(),
-        source=source,
+    catalog = serving_catalog(ports, echo, web)
+    node = gatewaykit.serving_gateway(
+        cluster, source, listen=f"{HOST}:{port}", services=ROUTES, catalog=catalog
     )
-    node.set_catalog(serving_catalog(ports, echo, web))
-    node.start_listeners()
     return node, source
 
 
@@ -425,21 +193,15 @@ class Gateways:
 @pytest.fixture
 async def gw(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Gateways]:
     caplog.set_level("INFO", logger="atoll.gateway.access")
-    echo = Echo("east")
+    echo = Echo("east", host=HOST)
     echo_addr = await echo.start()
     demo = DemoServer(cluster="east", service=WEB)
     (web_addr,) = await demo.start([(HOST, 0)])
     ports = {key: free_port(EGRESS) for key in (ECHO, SECRET, WEB)}
     east, east_source = serving_gateway("east", EAST, ports, echo_addr, web_addr)
     west_source = StaticSource(PKI.context(WEST, "atoll/gateway"))
-    west = GatewayNode(
-        GatewayConfig(cluster="west", listen=f"{HOST}:0", egress_host=EGRESS),
-        catalog=StaticCatalog(),
-        source=west_source,
-    )
-    west.set_catalog(catalog_of({}))
-    west.start_listeners()
-    west.set_held(held_state(federation(ports, {"east": east.inbound_address})))
+    held = federation(ports, {"east": east.inbound_address})
+    west = importing_gateway("west", west_source, listen=f"{HOST}:0", egress_host=EGRESS, held=held)
     assert {ep.port for ep in west.egress} == set(ports.values())
     try:
         yield Gateways(east, west, east_source, west_source, echo_addr, web_addr, ports)
@@ -458,12 +220,12 @@ async def test_sequential_connections_share_one_tunnel(
     gw: Gateways, caplog: pytest.LogCaptureFixture
 ) -> None:
     n = 20
-    hs, gauge, before = handshakes(), idle_gauge(), stream_counts()
-    served = idle_gauge("server")
+    hs, gauge, before = handshakes(), idle_tunnels(), stream_counts()
+    served = idle_tunnels("server")
     for i in range(n):
         assert await exchange(gw.port, b"ping %d" % i) == b"east|ping %d" % i
         await pooled(gw.west, 1)  # the tunnel waits in the pool between connections
-        assert idle_gauge() == gauge + 1
+        assert idle_tunnels() == gauge + 1
     assert handshakes() == hs + 1
     # (server: new, reused), (client: new, reused)
     assert [a - b for a, b in zip(stream_counts(), before, strict=True)] == [1, n - 1, 1, n - 1]
@@ -476,7 +238,7 @@ async def test_sequential_connections_share_one_tunnel(
     # both ends show it in their status: pooled at west, waiting for a stream at east
     assert gw.west.status().tunnels_pooled == 1
     await eventually("east waiting", lambda: gw.east.status().tunnels_waiting == 1, 10)
-    assert idle_gauge("server") == served + 1
+    assert idle_tunnels("server") == served + 1
 
 
 async def test_concurrent_connections_get_their_own_bytes_and_their_own_tunnels(
@@ -486,7 +248,7 @@ async def test_concurrent_connections_get_their_own_bytes_and_their_own_tunnels(
 
     async def one(i: int, all_open: asyncio.Barrier) -> bytes:
         first, rest = os.urandom(1000 + i), os.urandom(20_000 + 7 * i)
-        held = await Held.open(gw.port, first)
+        held = await hold(gw.port, first)
         await all_open.wait()  # k streams open at once: k tunnels
         assert await held.finish(rest) == rest
         return first + rest
@@ -545,7 +307,7 @@ async def test_refusal_closes_the_client_and_keeps_the_tunnel(
 async def test_a_refusing_peer_fails_over_to_the_next_target(
     gw: Gateways, caplog: pytest.LogCaptureFixture
 ) -> None:
-    echo = Echo("north")
+    echo = Echo("north", host=HOST)
     north_addr = await echo.start()
     north, _ = serving_gateway("north", NORTH, gw.ports, north_addr)
     try:
@@ -680,8 +442,8 @@ async def test_a_restarted_peer_gateway_is_reached_on_a_fresh_tunnel(
 async def test_drain_closes_idle_tunnels_at_once_and_lets_a_stream_finish(
     gw: Gateways, caplog: pytest.LogCaptureFixture
 ) -> None:
-    idle = await Held.open(gw.port, b"idle")
-    busy = await Held.open(gw.port, b"busy")  # two streams open at once: two tunnels
+    idle = await hold(gw.port, b"idle")
+    busy = await hold(gw.port, b"busy")  # two streams open at once: two tunnels
     assert await idle.finish(b"-done") == b"-done"
     await pooled(gw.west, 1)
     waiting = gw.east.runtime.tunnel_waiters
@@ -724,7 +486,7 @@ async def test_a_rotated_svid_is_not_used_through_an_old_tunnel(
 
     # a rotation during a stream: the tunnel finishes it, then is not reused either
     await pooled(gw.west, 1)
-    held = await Held.open(gw.port, b"during")
+    held = await hold(gw.port, b"during")
     gw.west_source.current = PKI.context(WEST, "atoll/gateway")
     assert await held.finish(b"-rotation") == b"-rotation"
     assert served_streams(caplog)[-1].client == second
@@ -850,9 +612,9 @@ async def test_a_failed_stream_costs_its_own_tunnel_and_nothing_else(
     hs = handshakes()
 
     # the client resets mid-stream
-    held = await Held.open(gw.port, b"first")
+    held = await hold(gw.port, b"first")
     assert len(gw.west.runtime.tunnels) == 0  # the stream holds the tunnel
-    reset(held.writer)
+    reset_connection(held.writer)
     await eventually("east closing the reset tunnel", lambda: closed_tunnels(caplog), 10)
     assert len(gw.west.runtime.tunnels) == 0
     assert await exchange(gw.port, b"next") == b"east|next"
@@ -860,7 +622,7 @@ async def test_a_failed_stream_costs_its_own_tunnel_and_nothing_else(
     await pooled(gw.west, 1)
 
     # the endpoint resets mid-stream: the client sees a reset, not a clean EOF
-    held = await Held.open(gw.port, b"second")
+    held = await hold(gw.port, b"second")
     with pytest.raises(ConnectionResetError):
         await held.finish(b"!reset")
     await eventually("east closing the second tunnel", lambda: len(closed_tunnels(caplog)) == 2)
@@ -883,8 +645,8 @@ async def test_pooled_tunnels_survive_the_serving_gateways_own_rotation(
     full, resumed = handshakes("false"), handshakes("true")
     assert await exchange(gw.port, b"one") == b"east|one"
     await pooled(gw.west, 1)  # its session is kept: the next new tunnel resumes
-    a = await Held.open(gw.port, b"a")
-    b = await Held.open(gw.port, b"b")  # a second tunnel while the first is busy
+    a = await hold(gw.port, b"a")
+    b = await hold(gw.port, b"b")  # a second tunnel while the first is busy
     assert await a.finish(b"!") == b"!"
     assert await b.finish(b"!") == b"!"
     assert (handshakes("false"), handshakes("true")) == (full + 1, resumed + 1)
@@ -893,8 +655,8 @@ async def test_pooled_tunnels_survive_the_serving_gateways_own_rotation(
     assert len(tunnels) == 2
 
     gw.east_source.current = PKI.context(EAST, "atoll/gateway")
-    a = await Held.open(gw.port, b"c")
-    b = await Held.open(gw.port, b"d")  # both pooled tunnels at once
+    a = await hold(gw.port, b"c")
+    b = await hold(gw.port, b"d")  # both pooled tunnels at once
     assert await a.finish(b"!") == b"!"
     assert await b.finish(b"!") == b"!"
     assert (handshakes("false"), handshakes("true")) == (full + 1, resumed + 1)
@@ -906,17 +668,17 @@ async def test_pooled_tunnels_survive_the_serving_gateways_own_rotation(
 async def test_the_egress_drain_closes_its_pooled_tunnels_on_both_sides(
     gw: Gateways, caplog: pytest.LogCaptureFixture
 ) -> None:
-    gauge = idle_gauge()
-    a = await Held.open(gw.port, b"a")
-    b = await Held.open(gw.port, b"b")
+    gauge = idle_tunnels()
+    a = await hold(gw.port, b"a")
+    b = await hold(gw.port, b"b")
     assert await a.finish(b"!") == b"!"
     assert await b.finish(b"!") == b"!"
     await pooled(gw.west, 2)
-    assert idle_gauge() == gauge + 2
+    assert idle_tunnels() == gauge + 2
 
     assert await gw.west.drain(5.0) == 0
     assert len(gw.west.runtime.tunnels) == 0
-    assert idle_gauge() == gauge
+    assert idle_tunnels() == gauge
     await eventually("east closing both tunnels", lambda: len(closed_tunnels(caplog)) == 2, 10)
     assert not gw.east.runtime.tunnel_waiters
 
@@ -950,7 +712,7 @@ async def test_idle_and_old_tunnels_are_not_reused(
     assert [ln.detail for ln in closed_tunnels(caplog)] == ["3 stream(s)", "1 stream(s)"]
 
     # a tunnel that grew too old during its stream is closed instead of pooled
-    held = await Held.open(gw.port, b"long")
+    held = await hold(gw.port, b"long")
     now[0] += 50
     assert await held.finish(b"!") == b"!"
     await eventually("east closing it", lambda: len(closed_tunnels(caplog)) == 3, 10)
@@ -1027,14 +789,11 @@ async def test_an_idle_served_tunnel_makes_room_at_the_connection_limit(
     )
     assert held is not None
     gw.east.apply_config(gw.east.config.model_copy(update={"max_connections": 1}))
-    refused = counter("atoll_gateway_refused_total", listener="inbound", reason="connection_limit")
+    refused = refused_connections()
     try:
         assert await exchange(gw.port, b"room") == b"east|room"  # on a new tunnel
         await eventually("east reclaiming the idle tunnel", lambda: closed_tunnels(caplog), 10)
         assert closed_tunnels(caplog)[0].detail == "1 stream(s)"
-        assert (
-            counter("atoll_gateway_refused_total", listener="inbound", reason="connection_limit")
-            == refused
-        )
+        assert refused_connections() == refused
     finally:
         held.close()

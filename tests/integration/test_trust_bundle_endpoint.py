@@ -9,8 +9,6 @@ PKI certificate the client is told to trust.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import shutil
 import ssl
 import tempfile
@@ -20,9 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
 
 from atoll.aio import cancel_and_wait, spawn
 from atoll.model import BundleEndpointSpec
@@ -32,10 +27,10 @@ from atoll.trusthub.hub import TrustSettings
 from atoll_trust.bundle import parse_bundle, render_bundle
 from atoll_trust.clock import system_clock
 from atoll_trust.federation import FetchFailed, FetchSucceeded
-from atoll_trust.jose import generate_private_key
 from atoll_trust.kek import generate_kek_text
 from atoll_trust.rotation import RotationPolicy, bootstrap_ca_state
 from atoll_trust.spiffe_id import TrustDomain
+from tests.certkit import self_signed
 from tests.polling import eventually
 
 from .conftest import RunningPlane, start_plane
@@ -194,40 +189,10 @@ async def test_another_federation_fetches_it_and_keeps_the_last_good_bundle(
         await cancel_and_wait(other.task)
 
 
-def self_signed(dir: Path) -> tuple[Path, Path]:
-    key = generate_private_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bundle.test")])
-    now = system_clock()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = dir / "web.pem", dir / "web.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_https_web_profile(short_dir: Path) -> None:
     bundle = bootstrap_ca_state(FED, now=system_clock(), policy=RotationPolicy()).bundle()
-    cert, key = self_signed(short_dir)
+    web = self_signed("bundle.test", ip_addresses=[HOST], ca=True, now=system_clock())
+    cert, key = web.write_pem(short_dir / "web.pem", short_dir / "web.key")
     endpoint = BundleEndpoint(bundle=lambda: bundle, svid=lambda: None, web_cert=cert, web_key=key)
     ports: list[int] = []
     task = spawn(endpoint.serve(HOST, 0, on_listening=ports.append), name="web-endpoint")

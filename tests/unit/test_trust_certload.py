@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import warnings
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from atoll_trust.certload import load_der_certificate
 from atoll_trust.errors import SvidVerificationError
 from atoll_trust.verify import parse_der_chain
+from tests.certkit import self_signed
 
 
 def _der(serial: int) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    der = cert.public_bytes(serialization.Encoding.DER)
+    der = self_signed("t", serial=1).cert_der()
     if serial == 1:
         return der
     # the builder refuses a non-positive serial: patch the DER's one-byte INTEGER 1

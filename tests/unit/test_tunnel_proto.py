@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import REGISTRY
 
 from atoll_gateway.tunnelpool import Tunnel, TunnelPool
 from atoll_gateway.tunnelproto import (
@@ -44,7 +43,7 @@ from atoll_gateway.tunnelproto import (
     open_frame,
     refuse_frame,
 )
-from tests.integration.test_gateway_relay import _contexts
+from tests.gatewaykit import RELAY_SERVER_NAME, idle_tunnels, relay_contexts
 
 # -- frames -----------------------------------------------------------------------------
 
@@ -369,7 +368,7 @@ def _link(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> Link:
     b.setblocking(False)
     server = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
     client = client_ctx.wrap_socket(
-        b, server_hostname="gw.relay.test", do_handshake_on_connect=False
+        b, server_hostname=RELAY_SERVER_NAME, do_handshake_on_connect=False
     )
     todo = [server, client]
     for _ in range(100):
@@ -412,7 +411,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    return _contexts()
+    return relay_contexts()
 
 
 @pytest.fixture
@@ -438,11 +437,6 @@ def _pool(env: Env, **kw: float) -> TunnelPool:
 
 def _open(t: Tunnel) -> bool:
     return t.tls.fileno() >= 0
-
-
-def _gauge() -> float:
-    value = REGISTRY.get_sample_value("atoll_gateway_tunnels_idle", {"role": "egress"})
-    return value or 0.0
 
 
 def test_an_empty_pool_has_nothing_to_give(env: Env) -> None:
@@ -481,7 +475,7 @@ def test_a_tunnel_of_a_rotated_context_is_closed_not_handed_out(
     pool = _pool(env)
     current = env.tunnel()
     # an equal-looking context that is not *the* current one (the SVID rotated)
-    stale_ctx = _contexts()[1]
+    stale_ctx = relay_contexts()[1]
     stale = env.tunnel(ctx=stale_ctx)
     pool.give(current)
     pool.give(stale)  # on top of the stack
@@ -640,11 +634,11 @@ def test_a_tunnel_closed_while_idle_is_skipped(env: Env) -> None:
 
 
 def test_the_idle_gauge_follows_the_pool(env: Env) -> None:
-    base = _gauge()
+    base = idle_tunnels()
     pool = _pool(env, max_idle=3, idle_timeout=10.0)
 
     def delta() -> float:
-        return _gauge() - base
+        return idle_tunnels() - base
 
     tunnels = [env.tunnel() for _ in range(4)]
     for t in tunnels:
@@ -659,7 +653,7 @@ def test_the_idle_gauge_follows_the_pool(env: Env) -> None:
     pool.give(tunnels[1])
     pool.give(tunnels[3])
     assert delta() == 2
-    assert pool.take("east/gw:8443", _contexts()[1]) is None  # wrong context: both go
+    assert pool.take("east/gw:8443", relay_contexts()[1]) is None  # wrong context: both go
     assert delta() == 0 == len(pool)
     fresh = [env.tunnel() for _ in range(2)]
     for t in fresh:
@@ -696,7 +690,7 @@ def test_any_sequence_keeps_pool_gauge_and_sockets_consistent(
     server, client = contexts
     clock = Clock()
     env = Env(clock, client, [], server)
-    base = _gauge()
+    base = idle_tunnels()
     pool = TunnelPool(max_idle=2, idle_timeout=10.0, max_age=20.0, clock=clock)
     # the model: per key, the idle stack, oldest first
     model: dict[str, list[Tunnel]] = {"a": [], "b": []}
@@ -744,11 +738,11 @@ def test_any_sequence_keeps_pool_gauge_and_sockets_consistent(
                             assert not _open(t)
                     model[key] = keep
             assert len(pool) == sum(len(s) for s in model.values())
-            assert _gauge() - base == len(pool)
+            assert idle_tunnels() - base == len(pool)
             assert all(_open(t) for s in model.values() for t in s)
     finally:
         pool.close()
-        assert _gauge() == base
+        assert idle_tunnels() == base
         for link in env.links:
             link.tls.close()
             link.peer.close()
