@@ -13,8 +13,9 @@ it returns, and cancelling :meth:`run` tears the connection down.
   its pipe is drained, so a slow receiver back-pressures the sender through TCP.
 * :class:`CopyRelay` (terminated TLS, egress tunnels, or ``relay: copy``) works
   on sockets directly, plain or :class:`ssl.SSLSocket` on either side: one
-  ``recv_into`` (decrypting, for TLS) into a fixed 16 KiB buffer per direction
-  and one ``send`` (encrypting) — no asyncio transports, protocols or memory
+  ``recv_into`` (decrypting, for TLS) into a 16 KiB buffer per direction (64
+  KiB once a plain source has filled it: a bulk stream) and one ``send``
+  (encrypting) — no asyncio transports, protocols or memory
   BIOs in the path, which is what made terminated connections 3x dearer than
   HAProxy's. A blocked receiver stops the sender's reads (back-pressure); a
   TLS side that needs the opposite readiness (``SSLWantWrite`` on read,
@@ -62,6 +63,7 @@ from atoll_gateway.relaywatch import RelayWatch
 
 __all__ = [
     "BUFFER_SIZE",
+    "BULK_SIZE",
     "CopyRelay",
     "SpliceRelay",
     "abort",
@@ -73,6 +75,8 @@ log = logging.getLogger("atoll.gateway.relay")
 
 #: per direction of a :class:`CopyRelay` (one TLS record's plaintext, HAProxy's bufsize)
 BUFFER_SIZE = 16 * 1024
+#: the buffer of a direction whose plain source filled the first one (a bulk stream)
+BULK_SIZE = 4 * BUFFER_SIZE
 #: reads per wake-up before a busy direction yields to other connections
 _BATCH = 16
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
@@ -291,7 +295,11 @@ class _CopyPump(_Pump):
                 sent = 0
             if sent < n and not self._send_rest(chunk, sent):
                 return
-            if n < BUFFER_SIZE and (tls_buffered is None or not tls_buffered()):
+            if n == len(buf):
+                if tls_buffered is None and len(buf) < BULK_SIZE:
+                    self._grow()
+                    buf, view = self.buf, self.view
+            elif tls_buffered is None or not tls_buffered():
                 # a short read drained the socket (a TLS read returns one record, and
                 # a full record fills the buffer): wait for readiness rather than pay
                 # for a read that fails
@@ -299,6 +307,14 @@ class _CopyPump(_Pump):
                     self._set(_SRC_READABLE)
                 return
         self._yield()
+
+    def _grow(self) -> None:
+        """A plain source filled the buffer (nothing is pending in it): a bulk stream,
+        read four records' worth at a time from now on — one read and one send (or
+        TLS write of four records) instead of four of each. Streams that stay small
+        keep :data:`BUFFER_SIZE`."""
+        self.buf = bytearray(BULK_SIZE)
+        self.view = memoryview(self.buf)
 
     def _read_failed(self, exc: OSError) -> int:
         """A read of ``src`` raised (the uncommon path, kept out of the loops): 0 for a

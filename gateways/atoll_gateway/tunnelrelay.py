@@ -8,10 +8,12 @@ the endpoint at the serving gateway; plain or TLS) to a *tunnel* (an mTLS
 * the stream → tunnel direction (:class:`_FramePump`) reads at most
   ``BUFFER_SIZE - 4`` bytes behind a 4-byte gap, writes the DATA header into
   the gap and sends header and payload with one TLS write — one frame is one
-  TLS record, so the other side usually reads exactly one frame per read;
-  the stream's EOF becomes a FIN frame (not a TCP FIN: the tunnel lives on);
+  TLS record, so the other side usually reads exactly one frame per read (a
+  bulk stream moves to frames of four records); the stream's EOF becomes a
+  FIN frame (not a TCP FIN: the tunnel lives on);
 * the tunnel → stream direction (:class:`_DeframePump`) reads records,
-  forwards DATA payloads (slices of its buffer, no copy), and turns the
+  forwards DATA payloads (slices of its buffer, no copy; a record that is
+  whole frame, or wholly inside one, takes a short path), and turns the
   peer's FIN frame into a half-close of the stream;
 * when both directions have finished cleanly the stream socket is closed and
   the tunnel is left **open** and out of the poller, ready for the next stream
@@ -37,6 +39,7 @@ from atoll_gateway.relay import (
     _DONE,
     _SRC_READABLE,
     BUFFER_SIZE,
+    BULK_SIZE,
     _CopyPump,
     _End,
     _Pump,
@@ -50,8 +53,6 @@ __all__ = ["TunnelRelay"]
 
 _WORD = struct.Struct(">I")
 _DATA_BITS = DATA << 24
-#: payload per frame: header and payload fill one TLS record (16 KiB of plaintext)
-_BODY = BUFFER_SIZE - HEADER
 
 
 class _TunnelEnd(_End):
@@ -65,7 +66,11 @@ class _TunnelEnd(_End):
 
 
 class _FramePump(_CopyPump):
-    """stream → tunnel: each read becomes one DATA frame, the EOF a FIN frame."""
+    """stream → tunnel: each read becomes one DATA frame, the EOF a FIN frame.
+
+    The first buffer makes a frame of one TLS record (16 KiB of plaintext,
+    header included); a plain stream that fills it moves to frames of four
+    records (:meth:`_CopyPump._grow`)."""
 
     __slots__ = ("body", "closing")
 
@@ -110,11 +115,19 @@ class _FramePump(_CopyPump):
                 sent = 0
             if sent < size and not self._send_rest(frame, sent):
                 return
-            if n < _BODY and (tls_buffered is None or not tls_buffered()):
+            if n == len(body):
+                if tls_buffered is None and len(buf) < BULK_SIZE:
+                    self._grow()
+                    buf, view, body = self.buf, self.view, self.body
+            elif tls_buffered is None or not tls_buffered():
                 if self.wait != _SRC_READABLE:
                     self._set(_SRC_READABLE)
                 return
         self._yield()
+
+    def _grow(self) -> None:
+        super()._grow()
+        self.body = self.view[HEADER:]
 
 
 class _DeframePump(_CopyPump):
@@ -154,7 +167,19 @@ class _DeframePump(_CopyPump):
                 self.owner.fail(ConnectionResetError(errno.ECONNRESET, "tunnel closed mid-stream"))
                 return
             body = n - HEADER
-            if not self.remaining and body > 0 and not head and unpack(buf)[0] == _DATA_BITS | body:
+            remaining = self.remaining
+            if remaining >= n and not head:
+                # inside a frame larger than a record: the whole read is payload
+                self.remaining = remaining - n
+                self.total += n
+                chunk = view[:n]
+                try:
+                    sent = send(chunk)
+                except OSError:
+                    sent = 0
+                if sent < n and not self._send_rest(chunk, sent):
+                    return
+            elif not remaining and body > 0 and not head and unpack(buf)[0] == _DATA_BITS | body:
                 # the common case: the read is exactly one DATA frame (one record)
                 self.total += body
                 chunk = view[HEADER:n]

@@ -42,21 +42,23 @@ both sides in the same weather.
 
 Figures on a shared 2-core machine (uvloop, the default relays and pooled
 tunnels; 5 s per run, median of 3 interleaved rounds; ratios Atoll / HAProxy,
-requests/s then work per proxy CPU-second): passthrough keep-alive 1.08x /
-0.86x; passthrough new connections 1.06x / 0.47x; passthrough bulk 0.92x /
-2.00x (0.93-0.97x in other runs: the MB/s are bound by nginx and wrk on the
-other core); termination keep-alive 0.73x / 0.73x (per-connection tunnels
-measured 0.75-0.77x the same day: framing costs ~4%); termination new
-connections 3.05x / 3.05x (27,027 streams on the served side, 26,877 of them
-on a reused tunnel; before pooling, with resumed handshakes per connection,
-0.68x); termination bulk 0.77x / 0.75x (TLS both hops: a Python step and two
-read syscalls per 16 KiB record); churn of ~6,900 connections: no fd leak.
-Separate runs the same day moved each ratio by up to ~0.1. ``--relay copy`` for passthrough:
-keep-alive 0.76x, bulk 0.83x per CPU-s (splice wins on bulk). ``--loop
-asyncio`` is within the noise of uvloop.
+requests/s then work per proxy CPU-second): passthrough keep-alive 1.05x /
+0.79x; passthrough new connections 1.12x / 0.48x; passthrough bulk 0.95x /
+2.55x (0.92-0.97x in other runs: the MB/s are bound by nginx and wrk on the
+other core); termination keep-alive 0.71x / 0.71x (0.69-0.76x across runs;
+per-connection tunnels measured 0.75-0.77x the same day: framing costs ~4%);
+termination new connections 3.17x / 3.16x (30,069 streams on the served side,
+29,916 of them on a reused tunnel; before pooling, with resumed handshakes per
+connection, 0.68x); termination bulk 0.87x / 0.87x (0.77x before bulk
+directions moved to 64 KiB reads: four records per read and TLS write); churn
+of ~7,500 connections: no fd leak. Separate runs the same day moved each ratio
+by up to ~0.1. ``--relay copy`` for passthrough: keep-alive 0.76x, bulk 0.83x
+per CPU-s (splice wins on bulk). ``--loop asyncio`` is within the noise of
+uvloop.
 Memory: peak RSS of the two proxy processes, HAProxy 39-40 MiB, Atoll
-177-212 MiB (4.6-5.3x: mostly the interpreter and its imports — gRPC, FastAPI, pydantic —
-not connections; a copy relay holds 2 x 16 KiB, a splice relay two pooled pipes).
+177-213 MiB (4.6-5.3x: mostly the interpreter and its imports — gRPC, FastAPI, pydantic —
+not connections; a copy relay holds 2 x 16 KiB (64 KiB for a bulk direction), a splice
+relay two pooled pipes).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from atoll.aio import cancel_and_wait, spawn
 from atoll_gateway.balancer import Endpoint
-from atoll_gateway.relay import CopyRelay, SpliceRelay
+from atoll_gateway.relay import BUFFER_SIZE, BULK_SIZE, CopyRelay, SpliceRelay, _CopyPump
 from atoll_gateway.relaywatch import RelayWatch
 from atoll_gateway.tlsio import accept_tls, connect_socket, connect_tls
 from tests.gatewaykit import (
@@ -148,6 +148,44 @@ async def test_the_proxy_header_prefix_reaches_the_upstream_first() -> None:
         await cancel_and_wait(run)
         client_app.close()
         upstream_app.close()
+
+
+async def test_a_bulk_direction_grows_its_buffer_and_a_small_one_does_not() -> None:
+    """A plain source that fills the 16 KiB buffer gets a 64 KiB one (fewer reads and
+    sends for bulk streams); the quiet direction keeps 16 KiB."""
+    client_app, client_side = await connected_pair(HOST)
+    upstream_side, upstream_app = await connected_pair(HOST)
+    data = os.urandom(300_000)
+    await send_all(client_app, data[:100_000])  # waiting before the relay starts
+    relay = CopyRelay(client_side, upstream_side)
+    run = spawn(relay.run(), name="relay")
+    try:
+        reading = spawn(read_to_eof(upstream_app), name="read")
+        await send_all(client_app, data[100_000:])
+        await send_all(upstream_app, b"small answer")
+        assert await asyncio.wait_for(read_to_eof_limit(client_app, 12), 10) == b"small answer"
+        sizes = [len(p.buf) for p in relay._pumps or () if isinstance(p, _CopyPump)]
+        assert sizes == [BULK_SIZE, BUFFER_SIZE]
+        client_app.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(reading, 10) == data
+        upstream_app.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(run, 10) == (len(data), 12)
+    finally:
+        await cancel_and_wait(run)
+        client_app.close()
+        upstream_app.close()
+
+
+async def read_to_eof_limit(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``sock`` (through the loop)."""
+    loop = asyncio.get_running_loop()
+    out = b""
+    while len(out) < n:
+        chunk = await loop.sock_recv(sock, n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
 @pytest.mark.parametrize("kind", ["copy", "splice"])
