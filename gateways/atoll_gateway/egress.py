@@ -143,6 +143,10 @@ async def _open_stream(
             if isinstance(exc, TunnelProtocolError):
                 raise OSError(errno.EPROTO, str(exc)) from exc
             raise
+        except BaseException:  # cancelled (a drain deadline): mid-OPEN, not reusable
+            abort(tunnel.tls)
+            tunnel.close()
+            raise
         metrics.child(metrics.TUNNEL_STREAMS, "client", "true" if tunnel.streams else "false").inc()
         tunnel.streams += 1
         if frame.type == ACCEPT:
