@@ -257,14 +257,24 @@ class _Pump:
 
 
 class _CopyPump(_Pump):
-    """Read into a buffer (decrypting, for TLS), send from it (encrypting)."""
+    """Read into a buffer (decrypting, for TLS), send from it (encrypting).
 
-    __slots__ = ("buf", "pending", "view")
+    A subclass may keep ``room`` bytes free at the head of the buffer and
+    ``stamp`` a header into them for each chunk read (the tunnel's frames,
+    :mod:`atoll_gateway.tunnelrelay`), and say what the source's end means
+    (:meth:`_source_done`)."""
+
+    __slots__ = ("body", "buf", "pending", "room", "stamp", "view")
 
     def __init__(self, owner: _Relay, src: _End, dst: _End, prefix: bytes) -> None:
         super().__init__(owner, src, dst)
         self.buf = bytearray(BUFFER_SIZE)
         self.view = memoryview(self.buf)
+        #: bytes kept free at the head of ``buf`` for ``stamp`` (0: none)
+        self.room = 0
+        self.stamp: Callable[[bytearray, int], None] | None = None
+        #: where reads land: ``buf`` after ``room``
+        self.body = self.view
         #: bytes read but not yet accepted by ``dst`` (same object retried for TLS)
         self.pending: memoryview | None = memoryview(prefix) if prefix else None
 
@@ -274,31 +284,34 @@ class _CopyPump(_Pump):
         if self.pending is not None and not self._flush():
             return
         src = self.src
-        recv_into, buf, view = src.recv_into, self.buf, self.view
-        send, tls_buffered = self.dst.send, src.buffered
+        recv_into, buf, view, body = src.recv_into, self.buf, self.view, self.body
+        send, tls_buffered, room, stamp = self.dst.send, src.buffered, self.room, self.stamp
         for _ in range(_BATCH):
             try:
-                n = recv_into(buf)
+                n = recv_into(body)
             except OSError as exc:
                 n = self._read_failed(exc)
                 if n < 0:
                     return
             if n == 0:
-                self._eof()
+                self._source_done()
                 return
             self.total += n
-            chunk = view[:n]
+            if stamp is not None:
+                stamp(buf, n)
+            size = n + room
+            chunk = view[:size]
             # the common case inline (all of it sent at once); the rest in _flush
             try:
                 sent = send(chunk)
             except OSError:  # would block, TLS wants the other readiness, or failed
                 sent = 0
-            if sent < n and not self._send_rest(chunk, sent):
+            if sent < size and not self._send_rest(chunk, sent):
                 return
-            if n == len(buf):
+            if n == len(body):
                 if tls_buffered is None and len(buf) < BULK_SIZE:
                     self._grow()
-                    buf, view = self.buf, self.view
+                    buf, view, body = self.buf, self.view, self.body
             elif tls_buffered is None or not tls_buffered():
                 # a short read drained the socket (a TLS read returns one record, and
                 # a full record fills the buffer): wait for readiness rather than pay
@@ -308,6 +321,10 @@ class _CopyPump(_Pump):
                 return
         self._yield()
 
+    def _source_done(self) -> None:
+        """The source ended (EOF): pass it on."""
+        self._eof()
+
     def _grow(self) -> None:
         """A plain source filled the buffer (nothing is pending in it): a bulk stream,
         read four records' worth at a time from now on — one read and one send (or
@@ -315,6 +332,7 @@ class _CopyPump(_Pump):
         keep :data:`BUFFER_SIZE`."""
         self.buf = bytearray(BULK_SIZE)
         self.view = memoryview(self.buf)
+        self.body = self.view[self.room :]
 
     def _read_failed(self, exc: OSError) -> int:
         """A read of ``src`` raised (the uncommon path, kept out of the loops): 0 for a

@@ -39,7 +39,6 @@ from atoll_gateway.relay import (
     _DONE,
     _SRC_READABLE,
     BUFFER_SIZE,
-    BULK_SIZE,
     _CopyPump,
     _End,
     _Pump,
@@ -52,6 +51,7 @@ from atoll_gateway.tunnelproto import DATA, FIN, FIN_FRAME, HEADER, MAX_LENGTH
 __all__ = ["TunnelRelay"]
 
 _WORD = struct.Struct(">I")
+_PACK = _WORD.pack_into
 _DATA_BITS = DATA << 24
 
 
@@ -68,66 +68,38 @@ class _TunnelEnd(_End):
 class _FramePump(_CopyPump):
     """stream → tunnel: each read becomes one DATA frame, the EOF a FIN frame.
 
-    The first buffer makes a frame of one TLS record (16 KiB of plaintext,
-    header included); a plain stream that fills it moves to frames of four
-    records (:meth:`_CopyPump._grow`)."""
+    The copy pump's loop, reading behind a 4-byte gap into which each chunk's
+    DATA header is stamped. The first buffer makes a frame of one TLS record
+    (16 KiB of plaintext, header included); a plain stream that fills it moves
+    to frames of four records (:meth:`_CopyPump._grow`)."""
 
-    __slots__ = ("body", "closing")
+    __slots__ = ("closing",)
 
     def __init__(self, owner: _Relay, src: _End, dst: _End) -> None:
         super().__init__(owner, src, dst, b"")
+        self.room = HEADER
         self.body = self.view[HEADER:]
+        self.stamp = _stamp
         #: the FIN frame is queued: finished once it is sent
         self.closing = False
 
     def step(self) -> None:
-        if self.wait == _DONE or self.owner.closed:
+        if self.closing and self.wait != _DONE and not self.owner.closed:
+            if self.pending is None or self._flush():
+                self._eof()
             return
-        if self.pending is not None and not self._flush():
-            return
-        if self.closing:
-            self._eof()
-            return
-        src = self.src
-        recv_into, buf, view, body = src.recv_into, self.buf, self.view, self.body
-        send, tls_buffered = self.dst.send, src.buffered
-        pack = _WORD.pack_into
-        for _ in range(_BATCH):
-            try:
-                n = recv_into(body)
-            except OSError as exc:
-                n = self._read_failed(exc)
-                if n < 0:
-                    return
-            if n == 0:
-                self.closing = True
-                self.pending = memoryview(FIN_FRAME)
-                if self._flush():
-                    self._eof()
-                return
-            self.total += n
-            pack(buf, 0, _DATA_BITS | n)
-            size = n + HEADER
-            frame = view[:size]
-            try:
-                sent = send(frame)
-            except OSError:  # would block, TLS wants the other readiness, or failed
-                sent = 0
-            if sent < size and not self._send_rest(frame, sent):
-                return
-            if n == len(body):
-                if tls_buffered is None and len(buf) < BULK_SIZE:
-                    self._grow()
-                    buf, view, body = self.buf, self.view, self.body
-            elif tls_buffered is None or not tls_buffered():
-                if self.wait != _SRC_READABLE:
-                    self._set(_SRC_READABLE)
-                return
-        self._yield()
+        super().step()
 
-    def _grow(self) -> None:
-        super()._grow()
-        self.body = self.view[HEADER:]
+    def _source_done(self) -> None:
+        self.closing = True
+        self.pending = memoryview(FIN_FRAME)
+        if self._flush():
+            self._eof()
+
+
+def _stamp(buf: bytearray, n: int) -> None:
+    """The DATA header of an ``n``-byte chunk, into the gap before it."""
+    _PACK(buf, 0, _DATA_BITS | n)
 
 
 class _DeframePump(_CopyPump):
