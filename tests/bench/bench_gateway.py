@@ -49,8 +49,9 @@ other core); termination keep-alive 0.71x / 0.71x (0.69-0.76x across runs;
 per-connection tunnels measured 0.75-0.77x the same day: framing costs ~4%);
 termination new connections 3.17x / 3.16x (30,069 streams on the served side,
 29,916 of them on a reused tunnel; before pooling, with resumed handshakes per
-connection, 0.68x); termination bulk 0.87x / 0.87x (0.77x before bulk
-directions moved to 64 KiB reads: four records per read and TLS write); churn
+connection, 0.68x); termination bulk 0.87x / 0.87x (0.81-0.91x across runs;
+0.77x before bulk directions moved to 64 KiB reads: four records per read and
+TLS write); churn
 of ~7,500 connections: no fd leak. Separate runs the same day moved each ratio
 by up to ~0.1. ``--relay copy`` for passthrough: keep-alive 0.76x, bulk 0.83x
 per CPU-s (splice wins on bulk). ``--loop asyncio`` is within the noise of
