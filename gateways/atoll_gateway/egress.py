@@ -78,16 +78,13 @@ class _Upstream:
 
 
 async def _open_gateway(
-    rt: Runtime, route: EgressRoute, target: EgressTarget, ep: Endpoint
+    rt: Runtime, target: EgressTarget, ep: Endpoint, context: ssl.SSLContext, sni: str
 ) -> ssl.SSLSocket:
-    sni = server_name(
-        ServiceName(route.namespace, route.name, route.port.port, target.cluster), rt.table.zone
-    )
     async with asyncio.timeout(rt.config.connect_timeout + rt.config.handshake_timeout):
         return await connect_verified(
             rt,
             ep,
-            rt.identity.client_context(cluster_domain(rt.federation, target.cluster)),
+            context,
             sni,
             listener=LISTENER,
             session=rt.identity.session(_peer_key(target, ep)),
@@ -114,7 +111,7 @@ async def _open_stream(
     while True:
         reused = tunnel is not None
         if tunnel is None:
-            tls = await _open_gateway(rt, route, target, ep)
+            tls = await _open_gateway(rt, target, ep, context, name)
             if tls.selected_alpn_protocol() != TUNNEL_ALPN_POOLED:
                 return _Upstream(tls, session_key=key)
             tunnel = Tunnel(tls, key, tls.context, rt.tunnels.clock())

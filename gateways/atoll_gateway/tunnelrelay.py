@@ -138,32 +138,29 @@ class _DeframePump(_CopyPump):
             if n == 0:
                 self.owner.fail(ConnectionResetError(errno.ECONNRESET, "tunnel closed mid-stream"))
                 return
-            body = n - HEADER
+            # the short paths: where the read's payload starts, if it is payload only
+            start = -1
             remaining = self.remaining
-            if remaining >= n and not head:
-                # inside a frame larger than a record: the whole read is payload
+            if head:
+                pass
+            elif remaining >= n:  # inside a frame larger than a record
                 self.remaining = remaining - n
-                self.total += n
-                chunk = view[:n]
-                try:
-                    sent = send(chunk)
-                except OSError:
-                    sent = 0
-                if sent < n and not self._send_rest(chunk, sent):
-                    return
-            elif not remaining and body > 0 and not head and unpack(buf)[0] == _DATA_BITS | body:
-                # the common case: the read is exactly one DATA frame (one record)
-                self.total += body
-                chunk = view[HEADER:n]
-                try:
-                    sent = send(chunk)
-                except OSError:
-                    sent = 0
-                if sent < body and not self._send_rest(chunk, sent):
-                    return
-            else:
+                start = 0
+            elif not remaining and n > HEADER and unpack(buf)[0] == _DATA_BITS | (n - HEADER):
+                start = HEADER  # the common case: exactly one DATA frame (one record)
+            if start < 0:
                 self.pos, self.end = 0, n
                 if not self._parse():
+                    return
+            else:
+                size = n - start
+                self.total += size
+                chunk = view[start:n]
+                try:
+                    sent = send(chunk)
+                except OSError:
+                    sent = 0
+                if sent < size and not self._send_rest(chunk, sent):
                     return
             if n < BUFFER_SIZE and (tls_buffered is None or not tls_buffered()):
                 if self.wait != _SRC_READABLE:

@@ -20,7 +20,6 @@ when it closes (mode ``tunnel``, with how many streams it carried).
 
 from __future__ import annotations
 
-import logging
 import ssl
 
 from atoll_gateway import metrics
@@ -39,10 +38,9 @@ from atoll_gateway.tunnelproto import (
     refuse_frame,
 )
 from atoll_trust.errors import SvidVerificationError
+from atoll_trust.spiffe_id import SpiffeId
 
 __all__ = ["serve_tunnel"]
-
-log = logging.getLogger("atoll.gateway.tunnel")
 
 
 async def serve_tunnel(rt: Runtime, tls: ssl.SSLSocket, client: str, source_cluster: str) -> int:
@@ -76,6 +74,15 @@ async def serve_tunnel(rt: Runtime, tls: ssl.SSLSocket, client: str, source_clus
             return streams
 
 
+def _peer(rt: Runtime, tls: ssl.SSLSocket) -> SpiffeId:
+    """The tunnel's peer, verified again against the current bundles (a cache hit unless
+    they rotated or its certificate expired): ``unauthenticated`` if it no longer is."""
+    try:
+        return rt.identity.verifier.verify(tls, now=rt.clock()).spiffe_id
+    except SvidVerificationError as exc:
+        raise ClientHelloError("unauthenticated", str(exc)) from exc
+
+
 async def _stream(
     rt: Runtime,
     tls: ssl.SSLSocket,
@@ -91,14 +98,8 @@ async def _stream(
     timeout = rt.config.handshake_timeout
     try:
         try:
-            peer = rt.identity.verifier.verify(tls, now=rt.clock()).spiffe_id
-        except SvidVerificationError as exc:
-            metrics.count_refusal(LISTENER, ClientHelloError("unauthenticated", str(exc)))
-            rec.fail("unauthenticated", str(exc))
-            await send_frame(tls, refuse_frame("unauthenticated", str(exc)), timeout=timeout)
-            return False
-        rec.source_id = str(peer)
-        try:
+            peer = _peer(rt, tls)
+            rec.source_id = str(peer)
             table = rt.table
             svc, port = table.inbound_route(parse_server_name(name, table.zone))
             rec.service = f"{svc.key}:{port.port}"
@@ -112,7 +113,9 @@ async def _stream(
             metrics.count_refusal(LISTENER, exc)
             rec.fail(exc.reason, str(exc))
             await send_frame(tls, refuse_frame(exc.reason, str(exc)), timeout=timeout)
-            return not reader.take_rest()  # the peer sent data it should have held back
+            # a peer no longer trusted loses its tunnel; one that sent data it should
+            # have held back leaves it in an unknown state
+            return exc.reason != "unauthenticated" and not reader.take_rest()
         try:
             await send_frame(tls, accept_frame(), timeout=timeout)
         except BaseException:
