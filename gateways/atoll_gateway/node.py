@@ -154,7 +154,6 @@ class GatewayNode:
         self.held: HeldState | None = None
         self.inbound: Listener | None = None
         self.egress: dict[Endpoint, Listener] = {}
-        self.draining = False
         self.sync: SyncClient | None = None
         if control_plane is not None:
             creds: Any = credentials
@@ -252,13 +251,7 @@ class GatewayNode:
             log.warning("the cluster name changes only with a restart")
             new = new.model_copy(update={"cluster": self.config.cluster})
         self.config = new
-        self.runtime.config = new
-        self.runtime.balancer.set_config(new.outlier)
-        self.runtime.tunnels.configure(
-            max_idle=new.tunnel_pool_size,
-            idle_timeout=new.tunnel_idle_timeout,
-            max_age=new.tunnel_max_age,
-        )
+        self.runtime.use_config(new)
         self.rebuild()
         log.info("config applied", extra={"cluster": new.cluster})
 
@@ -309,10 +302,13 @@ class GatewayNode:
         assert self.inbound is not None
         return self.inbound.address
 
+    @property
+    def draining(self) -> bool:
+        return self.runtime.draining
+
     async def drain(self, deadline: float | None = None) -> int:
         """Stop accepting; wait for in-flight connections; cancel what is left. Returns
         how many connections had to be cancelled."""
-        self.draining = True
         self.runtime.start_drain()
         if self.inbound is not None:
             self.inbound.close()

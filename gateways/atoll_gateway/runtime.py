@@ -14,7 +14,7 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from atoll_gateway.balancer import Balancer
 from atoll_gateway.config import GatewayConfig
@@ -48,12 +48,13 @@ class Runtime:
     tunnels: TunnelPool = field(init=False)
 
     def __post_init__(self) -> None:
-        c = self.config
-        self.tunnels = TunnelPool(
-            max_idle=c.tunnel_pool_size,
-            idle_timeout=c.tunnel_idle_timeout,
-            max_age=c.tunnel_max_age,
-        )
+        self.tunnels = TunnelPool(**_pool_limits(self.config))
+
+    def use_config(self, config: GatewayConfig) -> None:
+        """A reloaded configuration: its outlier and pool limits apply at once."""
+        self.config = config
+        self.balancer.set_config(config.outlier)
+        self.tunnels.configure(**_pool_limits(config))
 
     def reclaim_idle_tunnel(self) -> bool:
         """At the connection limit: close one served tunnel that waits for a stream (its
@@ -77,3 +78,17 @@ class Runtime:
         k = self.egress_cursor.get(key, 0)
         self.egress_cursor[key] = k + 1
         return k % n
+
+
+class _PoolLimits(TypedDict):
+    max_idle: int
+    idle_timeout: float
+    max_age: float
+
+
+def _pool_limits(config: GatewayConfig) -> _PoolLimits:
+    return _PoolLimits(
+        max_idle=config.tunnel_pool_size,
+        idle_timeout=config.tunnel_idle_timeout,
+        max_age=config.tunnel_max_age,
+    )
