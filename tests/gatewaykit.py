@@ -20,7 +20,8 @@ test must not depend on an integration module):
   throw-away SPIFFE domain for relays and tunnels driven without a gateway;
   :func:`tls_link`, a TLS connection with both ends in the test (a pooled
   tunnel), and the tools of a test that plays one end of a tunnel by hand
-  (:func:`data_frame`, :func:`read_data_frames`, :func:`tunnel_is_gone`);
+  (:func:`data_frame`, :func:`read_data_frames`, :func:`read_direction`,
+  :func:`tunnel_is_gone`);
 * **metrics** — :func:`metric_value` and named views of the gateway's series;
 * **the access log** — :func:`access_lines` reads the ``atoll.gateway.access``
   records pytest captured as :class:`AccessLine`, with views per listener;
@@ -70,7 +71,7 @@ from atoll_gateway.node import GatewayNode
 from atoll_gateway.poller import poller
 from atoll_gateway.testing import StaticCatalog, TestPki, catalog_of, held_state
 from atoll_gateway.tlsio import connect_socket, handshake
-from atoll_gateway.tunnelproto import DATA, FIN, header
+from atoll_gateway.tunnelproto import DATA, FIN, RESET, header
 from atoll_trust.tls import build_client_context, build_server_context
 from tests.polling import eventually
 
@@ -108,6 +109,7 @@ __all__ = [
     "poll_wait",
     "pooled",
     "read_data_frames",
+    "read_direction",
     "read_to_eof",
     "refused_connections",
     "relay_contexts",
@@ -376,18 +378,27 @@ def data_frame(payload: bytes) -> bytes:
 async def read_data_frames(tls: ssl.SSLSocket) -> tuple[bytes, list[int]]:
     """What a relay sends to a hand-driven peer: the DATA payloads up to the FIN, and the
     size of every frame (one frame per TLS record, the relay's contract)."""
+    payload, sizes, ending = await read_direction(tls)
+    assert ending == FIN, "the direction ended with RESET, not FIN"
+    return payload, sizes
+
+
+async def read_direction(tls: ssl.SSLSocket) -> tuple[bytes, list[int], int]:
+    """One direction of a stream as a hand-driven peer reads it: the DATA payloads, the
+    size of every frame, and the ending's type (FIN or RESET), which must come alone
+    and last."""
     buf, out = bytearray(), bytearray()
     sizes: list[int] = []
     while True:
         chunk = await poll_recv_tls(tls)
-        assert chunk, "the tunnel ended before the FIN"
+        assert chunk, "the tunnel ended before the direction did"
         buf += chunk
         while len(buf) >= 4:
             (word,) = struct.unpack_from(">I", buf)
             kind, length = word >> 24, word & 0xFFFFFF
-            if kind == FIN:
-                assert length == 0 and len(buf) == 4, "the FIN is alone and last"
-                return bytes(out), sizes
+            if kind in (FIN, RESET):
+                assert length == 0 and len(buf) == 4, "the ending is alone and last"
+                return bytes(out), sizes, kind
             assert kind == DATA and length > 0
             if len(buf) < 4 + length:
                 break

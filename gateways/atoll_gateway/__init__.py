@@ -34,11 +34,12 @@ Decisions worth knowing:
   policy to the peer gateway's ID.
 * **Tunnels between gateways are pooled** (``atoll-tunnel/2``,
   :mod:`.tunnelproto`) — one mTLS connection carries one client connection
-  after another (OPEN/ACCEPT, DATA, FIN frames; :mod:`.tunnelpool`,
+  after another (OPEN/ACCEPT, DATA, FIN or RESET frames; :mod:`.tunnelpool`,
   :mod:`.tunnelrelay`, :mod:`.tunnelserve`), so a new client connection costs
   no TCP or TLS handshake between gateways; the peer is re-verified per stream
   on both sides, and a REFUSE lets the egress fail over to the next cluster
-  before any client byte is sent. Like Istio's HBONE in purpose; unlike it,
+  before any client byte is sent; a client or endpoint that resets mid-stream
+  costs a RESET frame, not the tunnel. Like Istio's HBONE in purpose; unlike it,
   streams are sequential, not multiplexed (TCP's flow control is the stream's).
 """
 

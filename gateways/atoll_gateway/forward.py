@@ -76,6 +76,6 @@ async def forward(
         rec.fail("idle_timeout", f"no bytes in either direction for {idle}s")
     elif relay.error is not None:
         rec.fail("relay_error", f"{type(relay.error).__name__}: {relay.error}")
-    elif relay.failed:
+    elif relay.reset:
         rec.fail("reset", "one side reset the connection; the other was reset too")
     return isinstance(relay, TunnelRelay) and relay.reusable

@@ -234,14 +234,16 @@ class _Pump:
             self.src.sync()
             self.dst.sync()
 
-    def _eof(self) -> None:
+    def _eof(self, *, half_close: bool = True) -> None:
+        """This direction is finished; ``half_close``: pass the EOF on to ``dst``."""
         if self.owner.one_done:
             # the last EOF: the relay ends now — its close sends the FIN and drops the
             # fds from the epoll set, so no shutdown and no unregistering first
             self.wait = _DONE
         else:
             self._set(_DONE)
-            self.dst.half_close()
+            if half_close:
+                self.dst.half_close()
         self.owner.direction_done()
 
     def _yield(self) -> None:
@@ -344,8 +346,16 @@ class _CopyPump(_Pump):
         elif isinstance(exc, ssl.SSLZeroReturnError):
             return 0
         else:  # ssl.SSLError included; a reset under TLS is SSLEOFError
-            self.owner.fail(exc)
+            self._src_failed(exc)
         return -1
+
+    def _src_failed(self, exc: OSError) -> None:
+        """Reading ``src`` failed: the relay fails (a subclass may contain it)."""
+        self.owner.fail(exc)
+
+    def _dst_failed(self, exc: OSError) -> None:
+        """Sending to ``dst`` failed: the relay fails (a subclass may contain it)."""
+        self.owner.fail(exc)
 
     def _send_rest(self, chunk: memoryview, sent: int) -> bool:
         """``dst`` took only ``sent`` bytes of ``chunk``: keep the rest and flush it;
@@ -367,7 +377,7 @@ class _CopyPump(_Pump):
                 self._set(_DST_READABLE)
                 return False
             except OSError as exc:
-                self.owner.fail(exc)
+                self._dst_failed(exc)
                 return False
             pending = None if sent >= len(pending) else pending[sent:]
             self.pending = pending
@@ -460,9 +470,14 @@ class _Relay:
     def _make_pumps(self, client: _End, upstream: _End) -> tuple[_Pump, _Pump]:
         raise NotImplementedError
 
-    def fail(self, exc: OSError) -> None:
+    def note(self, exc: OSError) -> None:
+        """Keep ``exc`` as the relay's error unless it is a peer going away (or one
+        is kept already)."""
         if self.error is None and exc.errno not in _GONE and not _benign_tls(exc):
             self.error = exc
+
+    def fail(self, exc: OSError) -> None:
+        self.note(exc)
         self.closed = self.failed = True  # both pumps stop at once
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
@@ -470,6 +485,11 @@ class _Relay:
     def crash(self, exc: Exception) -> None:
         """A bug, not a network event: end the connection (reset), keep the error."""
         self.fail(exc if isinstance(exc, OSError) else OSError(f"{type(exc).__name__}: {exc}"))
+
+    @property
+    def reset(self) -> bool:
+        """The connection ended in a reset (one side failed) rather than cleanly."""
+        return self.failed
 
     @property
     def one_done(self) -> bool:

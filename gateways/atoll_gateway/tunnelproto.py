@@ -18,16 +18,30 @@ Every frame is a 4-byte header — ``type`` (1 byte) and payload ``length``
     REFUSE  server → client  "<reason>:<detail>": no stream (the tunnel stays usable)
     DATA    both             1 ..  2^24-1 bytes of the stream
     FIN     both             empty: this direction of the stream is finished
+    RESET   both             empty: the sender's side of the stream failed (its client
+                             or endpoint reset): abort the stream, send nothing more
 
-A stream is ``OPEN`` → ``ACCEPT`` | ``REFUSE``, then ``DATA``* ``FIN`` in each
-direction; it is over once both FINs have passed, and the next ``OPEN`` may
-follow. The client waits for ``ACCEPT`` before it relays (one round trip,
-instead of TCP's and TLS's two), which is what lets it fail over to the next
-cluster when a peer cannot serve the stream. There is no reset frame: a
-stream that fails is reset by resetting the whole tunnel (tunnels are cheap
-to replace, resets are rare). Anything else — an unknown type, a control
-frame with a bad payload, bytes after a FIN — is a protocol error and the
-tunnel is reset.
+A stream is ``OPEN`` → ``ACCEPT`` | ``REFUSE``, then ``DATA``* and exactly one
+*ending* — ``FIN`` or ``RESET`` — in each direction; it is over once both
+endings have passed, and the next ``OPEN`` may follow. The client waits for
+``ACCEPT`` before it relays (one round trip, instead of TCP's and TLS's two),
+which is what lets it fail over to the next cluster when a peer cannot serve
+the stream.
+
+**Resets keep the tunnel.** A side whose own socket fails (the client went
+away mid-request, the endpoint reset) ends its direction with ``RESET``
+instead of ``FIN`` and resets that socket; the peer resets its socket too (a
+failure must not look like a clean end) and ends its own direction with
+``RESET`` if it has not ended it yet. A side that has already sent its ``FIN``
+cannot send ``RESET``: one ending per direction, so no stray frame can cross
+into the next stream. Bytes still in flight towards a failed side are read
+and dropped until the peer's ending, up to :data:`DISCARD_LIMIT` bytes, past
+which the tunnel is reset instead. Clients that abort in-flight requests
+(timeouts, cancelled requests, a load generator stopping) therefore cost no
+new handshake. Anything else —
+an unknown type, a control frame with a bad payload, bytes after an ending,
+the tunnel closing inside a stream — is a protocol error or a failure of the
+tunnel itself, and the tunnel is reset.
 
 Parsing here is pure (:class:`FrameReader`, fuzzed by the tests); the I/O is
 :mod:`atoll_gateway.tunnelio` and :mod:`atoll_gateway.tunnelrelay`.
@@ -44,12 +58,15 @@ from atoll_gateway.errors import GatewayError
 __all__ = [
     "ACCEPT",
     "DATA",
+    "DISCARD_LIMIT",
     "FIN",
     "FIN_FRAME",
     "HEADER",
     "MAX_CONTROL",
     "OPEN",
     "REFUSE",
+    "RESET",
+    "RESET_FRAME",
     "Frame",
     "FrameReader",
     "TunnelProtocolError",
@@ -59,13 +76,23 @@ __all__ = [
     "refuse_frame",
 ]
 
-OPEN, ACCEPT, REFUSE, DATA, FIN = 1, 2, 3, 4, 5
-_NAMES = {OPEN: "OPEN", ACCEPT: "ACCEPT", REFUSE: "REFUSE", DATA: "DATA", FIN: "FIN"}
+OPEN, ACCEPT, REFUSE, DATA, FIN, RESET = 1, 2, 3, 4, 5, 6
+_NAMES = {
+    OPEN: "OPEN",
+    ACCEPT: "ACCEPT",
+    REFUSE: "REFUSE",
+    DATA: "DATA",
+    FIN: "FIN",
+    RESET: "RESET",
+}
 #: bytes of a frame header
 HEADER = 4
 #: largest payload of a control frame (OPEN, REFUSE)
 MAX_CONTROL = 1024
 MAX_LENGTH = (1 << 24) - 1
+#: bytes dropped for a failed stream before the tunnel is reset instead (draining a
+#: big download nobody reads costs more than a new handshake)
+DISCARD_LIMIT = 1 << 20
 _HEADER = struct.Struct(">I")
 _SERVER_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -105,6 +132,7 @@ def header(kind: int, length: int) -> bytes:
 
 
 FIN_FRAME = header(FIN, 0)
+RESET_FRAME = header(RESET, 0)
 
 
 def open_frame(server_name: str) -> bytes:
@@ -127,7 +155,7 @@ def refuse_frame(reason: str, detail: str) -> bytes:
 
 
 def _check(kind: int, payload: bytes) -> Frame:
-    """A control frame, validated (DATA and FIN are handled by the relay)."""
+    """A control frame, validated (DATA, FIN and RESET are handled by the relay)."""
     if kind == OPEN:
         try:
             name = payload.decode("ascii")

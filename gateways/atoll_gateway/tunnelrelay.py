@@ -15,11 +15,17 @@ the endpoint at the serving gateway; plain or TLS) to a *tunnel* (an mTLS
   forwards DATA payloads (slices of its buffer, no copy; a record that is
   whole frame, or wholly inside one, takes a short path), and turns the
   peer's FIN frame into a half-close of the stream;
-* when both directions have finished cleanly the stream socket is closed and
-  the tunnel is left **open** and out of the poller, ready for the next stream
-  (:attr:`TunnelRelay.reusable`); when anything failed — a reset, the idle
-  timeout, a protocol error, the tunnel closing inside a stream — both are
-  reset, as a plain relay would do.
+* a failure of the stream socket (read or write) ends the stream → tunnel
+  direction with a RESET frame (after the frame in flight, if it has not sent
+  its FIN yet) and the other direction drops what still arrives; a RESET from
+  the peer does the same from the other side. The stream socket is reset, the
+  tunnel lives on (the protocol's "Resets keep the tunnel");
+* when both directions have ended — FIN or RESET each way — the stream socket
+  is closed (reset, after a RESET) and the tunnel is left **open** and out of
+  the poller, ready for the next stream (:attr:`TunnelRelay.reusable`); when
+  the tunnel itself failed — it closed or broke inside a stream, the peer
+  broke the protocol, the idle timeout, more than ``DISCARD_LIMIT`` bytes to
+  drop — both are reset, as a plain relay would do.
 
 ``prefix`` (a PROXY header at the serving gateway) goes to the stream socket
 before anything from the tunnel; ``read`` holds tunnel bytes that arrived with
@@ -41,16 +47,25 @@ from atoll_gateway.relay import (
     BUFFER_SIZE,
     _CopyPump,
     _End,
-    _Pump,
     _Relay,
     abort,
 )
 from atoll_gateway.relaywatch import RelayWatch
-from atoll_gateway.tunnelproto import DATA, FIN, FIN_FRAME, HEADER, MAX_LENGTH
+from atoll_gateway.tunnelproto import (
+    DATA,
+    DISCARD_LIMIT,
+    FIN,
+    FIN_FRAME,
+    HEADER,
+    MAX_LENGTH,
+    RESET,
+    RESET_FRAME,
+)
 
 __all__ = ["TunnelRelay"]
 
 _WORD = struct.Struct(">I")
+_ENDINGS = (FIN, RESET)
 _PACK = _WORD.pack_into
 _DATA_BITS = DATA << 24
 
@@ -66,35 +81,58 @@ class _TunnelEnd(_End):
 
 
 class _FramePump(_CopyPump):
-    """stream → tunnel: each read becomes one DATA frame, the EOF a FIN frame.
+    """stream → tunnel: each read becomes one DATA frame, the EOF a FIN frame, a failed
+    read a RESET frame.
 
     The copy pump's loop, reading behind a 4-byte gap into which each chunk's
     DATA header is stamped. The first buffer makes a frame of one TLS record
     (16 KiB of plaintext, header included); a plain stream that fills it moves
     to frames of four records (:meth:`_CopyPump._grow`)."""
 
-    __slots__ = ("closing",)
+    __slots__ = ("ending", "queued")
 
-    def __init__(self, owner: _Relay, src: _End, dst: _End) -> None:
+    owner: TunnelRelay
+
+    def __init__(self, owner: TunnelRelay, src: _End, dst: _End) -> None:
         super().__init__(owner, src, dst, b"")
         self.room = HEADER
         self.body = self.view[HEADER:]
         self.stamp = _stamp
-        #: the FIN frame is queued: finished once it is sent
-        self.closing = False
+        #: the direction's ending (FIN or RESET frame), once decided
+        self.ending: bytes | None = None
+        #: the ending is in ``pending`` (the frame before it has gone)
+        self.queued = False
 
     def step(self) -> None:
-        if self.closing and self.wait != _DONE and not self.owner.closed:
-            if self.pending is None or self._flush():
-                self._eof()
+        if self.ending is not None:
+            if self.wait != _DONE and not self.owner.closed:
+                self._finish()
             return
         super().step()
 
+    def end_with(self, frame: bytes) -> None:
+        """End the direction with ``frame`` (FIN or RESET), unless it has an ending."""
+        if self.ending is None:
+            self.ending = frame
+            self._finish()
+
+    def _finish(self) -> None:
+        # a frame TLS has partly sent goes first (a TLS retry must repeat it whole)
+        if self.pending is not None and not self._flush():
+            return
+        if not self.queued:
+            self.queued = True
+            assert self.ending is not None
+            self.pending = memoryview(self.ending)
+            if not self._flush():
+                return
+        self._eof()
+
     def _source_done(self) -> None:
-        self.closing = True
-        self.pending = memoryview(FIN_FRAME)
-        if self._flush():
-            self._eof()
+        self.end_with(FIN_FRAME)
+
+    def _src_failed(self, exc: OSError) -> None:
+        self.owner.stream_failed(exc)
 
 
 def _stamp(buf: bytearray, n: int) -> None:
@@ -103,11 +141,16 @@ def _stamp(buf: bytearray, n: int) -> None:
 
 
 class _DeframePump(_CopyPump):
-    """tunnel → stream: DATA payloads to the stream, the FIN frame as its half-close."""
+    """tunnel → stream: DATA payloads to the stream, the FIN frame as its half-close, a
+    RESET frame as the stream's reset; once the stream failed, payloads are dropped."""
 
-    __slots__ = ("end", "head", "pos", "remaining")
+    __slots__ = ("discarded", "end", "head", "pos", "remaining")
 
-    def __init__(self, owner: _Relay, src: _End, dst: _End, prefix: bytes, read: bytes) -> None:
+    owner: TunnelRelay
+
+    def __init__(
+        self, owner: TunnelRelay, src: _End, dst: _End, prefix: bytes, read: bytes
+    ) -> None:
         super().__init__(owner, src, dst, prefix)
         #: the unparsed part of the buffer is ``buf[pos:end]`` (``read``: frames that
         #: arrived with the control frame before the relay started)
@@ -117,6 +160,31 @@ class _DeframePump(_CopyPump):
         self.remaining = 0
         #: a header split across two reads
         self.head = bytearray()
+        #: payload bytes dropped since the stream failed (-1: it has not)
+        self.discarded = -1
+
+    def discard(self) -> None:
+        """The stream failed: drop what it was sent and everything still to come (the
+        pump carries on reading the tunnel up to the peer's ending)."""
+        if self.discarded >= 0:
+            return
+        self.discarded = 0
+        self.pending = None
+        self.dst.send = self._drop  # the stream end's sender: only this pump uses it
+        if self.wait != _DONE and not self.owner.closed:
+            self._yield()  # frames may wait in the buffer: parse them on a fresh step
+
+    def _drop(self, chunk: memoryview) -> int:
+        self.discarded += len(chunk)
+        if self.discarded > DISCARD_LIMIT:
+            raise ConnectionResetError(errno.ECONNRESET, "a failed stream's data kept coming")
+        return len(chunk)
+
+    def _dst_failed(self, exc: OSError) -> None:
+        if self.discarded >= 0:  # past the discard limit: the tunnel goes too
+            self.owner.fail(exc)
+        else:
+            self.owner.stream_failed(exc)
 
     def step(self) -> None:
         if self.wait == _DONE or self.owner.closed:
@@ -204,13 +272,22 @@ class _DeframePump(_CopyPump):
             kind, length = word >> 24, word & MAX_LENGTH
             if kind == DATA and length:
                 self.remaining = length
-            elif kind == FIN and not length and pos == end:
+            elif kind in _ENDINGS and not length and pos == end:
                 self.pos = self.end = 0
-                self._eof()
+                if kind == RESET:
+                    self.owner.stream_failed(
+                        ConnectionResetError(errno.ECONNRESET, "the peer reset the stream")
+                    )
+                self._eof(half_close=self.discarded < 0)  # a failed stream gets no FIN
                 return False
             else:
                 self.pos = self.end = 0
-                what = "bytes after FIN" if kind == FIN and not length else f"frame type {kind}"
+                name = "FIN" if kind == FIN else "RESET"
+                what = (
+                    f"bytes after {name}"
+                    if kind in _ENDINGS and not length
+                    else f"frame type {kind}"
+                )
                 self.owner.fail(OSError(errno.EPROTO, f"tunnel protocol: {what} in a stream"))
                 return False
         self.pos = self.end = 0
@@ -240,13 +317,32 @@ class TunnelRelay(_Relay):
         self.stream_is_client = stream_is_client
         self.prefix = prefix
         self.read = read
-        #: both directions ended cleanly: the tunnel is open and may carry the next stream
+        #: both directions ended (FIN or RESET): the tunnel is open and may carry the
+        #: next stream
         self.reusable = False
+        #: the stream socket failed, or the peer reset its side: the stream is reset
+        self.stream_reset = False
+
+    @property
+    def reset(self) -> bool:
+        return self.failed or self.stream_reset
+
+    def stream_failed(self, exc: OSError) -> None:
+        """The stream socket failed, or the peer's side did (its RESET): end the stream →
+        tunnel direction with RESET unless it has ended, and drop what still comes
+        for the stream (module doc)."""
+        self.note(exc)
+        self.stream_reset = True
+        if self._pumps is not None:
+            frame, deframe = self._pumps
+            assert isinstance(frame, _FramePump) and isinstance(deframe, _DeframePump)
+            frame.end_with(RESET_FRAME)
+            deframe.discard()
 
     def _make_ends(self, p: Poller) -> tuple[_End, _End]:
         return _End(p, self.client), _TunnelEnd(p, self.upstream)
 
-    def _make_pumps(self, client: _End, upstream: _End) -> tuple[_Pump, _Pump]:
+    def _make_pumps(self, client: _End, upstream: _End) -> tuple[_FramePump, _DeframePump]:
         return _FramePump(self, client, upstream), _DeframePump(
             self, upstream, client, self.prefix, self.read
         )
@@ -267,5 +363,7 @@ class TunnelRelay(_Relay):
             tunnel.close()
             return
         ends[1].poller.watch(ends[1].fd, None, read=False, write=False)  # it stays open
+        if self.stream_reset:
+            abort(stream)
         stream.close()
         self.reusable = True

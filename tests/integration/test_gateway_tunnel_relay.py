@@ -40,10 +40,13 @@ from atoll_gateway.tunnelpool import Tunnel, TunnelPool
 from atoll_gateway.tunnelproto import (
     ACCEPT,
     DATA,
+    DISCARD_LIMIT,
     FIN,
     FIN_FRAME,
     OPEN,
     REFUSE,
+    RESET,
+    RESET_FRAME,
     Frame,
     FrameReader,
     TunnelProtocolError,
@@ -63,6 +66,7 @@ from tests.gatewaykit import (
     poll_recv_tls,
     poll_send,
     read_data_frames,
+    read_direction,
     read_to_eof,
     relay_contexts,
     runner_of,
@@ -542,8 +546,18 @@ def _assert_torn_down(relay: TunnelRelay) -> None:
     assert relay.client.fileno() == -1 and relay.upstream.fileno() == -1
 
 
+def _assert_stream_reset_tunnel_kept(relay: TunnelRelay) -> None:
+    """The stream was reset, its socket is closed, the tunnel is open for the next."""
+    assert relay.stream_reset and relay.reset and not relay.failed and relay.reusable
+    assert relay.error is None  # an application going away is a reset, not a relay error
+    assert relay.client.fileno() == -1 and relay.upstream.fileno() >= 0
+
+
 @pytest.mark.parametrize("who", ["workload", "endpoint"])
-async def test_a_stream_reset_fails_both_relays_and_resets_the_tunnel(who: str) -> None:
+async def test_a_stream_reset_resets_the_other_side_and_keeps_the_tunnel(who: str) -> None:
+    """One application resets mid-stream: its relay ends its direction with RESET, the
+    other relay resets its application (a failure must not look like a clean end) and
+    answers RESET; both leave the tunnel open, and it carries the next stream."""
     link = await _link()
     s = await _stream(link)
     try:
@@ -555,14 +569,115 @@ async def test_a_stream_reset_fails_both_relays_and_resets_the_tunnel(who: str) 
         close_with_reset(resetting)
         await s.finish()
         for relay in (s.egress, s.serving):
-            _assert_torn_down(relay)
-        assert link.egress.fileno() == -1 and link.serving.fileno() == -1
-        # a failure is passed on as a failure: the other application sees a reset
+            _assert_stream_reset_tunnel_kept(relay)
         with pytest.raises(ConnectionResetError):
             await asyncio.wait_for(poll_read(other), _WAIT)
+        assert _still_pooled(link)
+    finally:
+        await s.close()
+    try:
+        await _clean_stream(link, [b"next"], [b"stream"], client_first=True)
+    finally:
+        link.close()
+
+
+async def test_a_workload_gone_after_its_request_drops_the_reply_and_keeps_the_tunnel() -> None:
+    """The load generator's end: the workload sends its request and half-closes (a FIN
+    frame: its direction is over), then resets before the reply. The egress cannot send
+    RESET after its FIN; it drops the reply up to the endpoint's FIN."""
+    link = await _link()
+    s = await _stream(link)
+    try:
+        await poll_send(s.app_client, b"GET /")
+        s.app_client.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(poll_read(s.app_server), _WAIT) == b"GET /"
+        close_with_reset(s.app_client)
+        await asyncio.sleep(0.05)  # the reset reaches the egress's stream socket first
+        await poll_send(s.app_server, b"x" * 100_000)
+        s.app_server.shutdown(socket.SHUT_WR)
+        await s.finish()
+        _assert_stream_reset_tunnel_kept(s.egress)
+        # the serving side saw FIN both ways: a clean stream for it
+        assert s.serving.reusable and not s.serving.reset
+        assert _still_pooled(link)
+    finally:
+        await s.close()
+    try:
+        await _clean_stream(link, [b"next"], [b"stream"], client_first=False)
+    finally:
+        link.close()
+
+
+async def test_a_failed_stream_whose_data_keeps_coming_costs_the_tunnel() -> None:
+    """Past ``DISCARD_LIMIT`` bytes dropped for a reset workload (its FIN already sent,
+    so no RESET can stop the endpoint), the egress resets the tunnel instead."""
+    link = await _link()
+    s = await _stream(link)
+    try:
+        s.app_client.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(poll_read(s.app_server), _WAIT) == b""
+        close_with_reset(s.app_client)
+        await asyncio.sleep(0.05)
+
+        async def download() -> None:  # then the endpoint's end: the serving relay's FIN
+            await poll_send(s.app_server, b"x" * (2 * DISCARD_LIMIT))
+            s.app_server.shutdown(socket.SHUT_WR)
+
+        sending = spawn(download(), name="download")
+        await s.finish()
+        assert s.egress.failed and not s.egress.reusable and link.egress.fileno() == -1
+        if not s.serving.failed:  # it had sent it all before the egress gave up: it
+            # learns at its next read that the tunnel is gone
+            assert await asyncio.wait_for(tunnel_is_gone(link.serving), _WAIT)
+        with contextlib.suppress(OSError):
+            await asyncio.wait_for(sending, _WAIT)
     finally:
         await s.close()
         link.close()
+
+
+@pytest.mark.parametrize("ended", [False, True], ids=["streaming", "after-its-fin"])
+async def test_a_reset_frame_resets_the_application_and_is_answered(
+    halves: list[Half], ended: bool
+) -> None:
+    """The peer's RESET: what came before it is delivered, then the application sees a
+    reset (never an EOF); the relay answers with its own RESET unless its direction
+    had already ended with FIN, and keeps the tunnel."""
+    h = await _half(halves)
+    if ended:
+        h.app.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(read_data_frames(h.peer), _WAIT) == (b"", [])
+    await send_frame(h.peer, data_frame(b"partial answer"), timeout=_WAIT)
+    assert await asyncio.wait_for(poll_read(h.app, 14), _WAIT) == b"partial answer"
+    await send_frame(h.peer, RESET_FRAME, timeout=_WAIT)
+    await h.result()
+    _assert_stream_reset_tunnel_kept(h.relay)
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(poll_read(h.app), _WAIT)
+    if not ended:
+        assert await asyncio.wait_for(read_direction(h.peer), _WAIT) == (b"", [], RESET)
+    h.peer.setblocking(False)
+    with pytest.raises(ssl.SSLWantReadError):  # nothing else follows: the tunnel is idle
+        h.peer.recv(1)
+
+
+async def test_a_reset_workload_sends_reset_after_the_frame_in_flight(
+    halves: list[Half],
+) -> None:
+    """A frame is in flight (the peer does not read, TLS holds part of it) when the
+    workload resets: the frame is completed first — TLS must repeat it whole — and
+    RESET follows, so the peer reads valid frames up to the ending."""
+    h = await _half(halves)
+    payload = b"y" * (4 * 1024 * 1024)
+    writing = spawn(poll_send(h.app, payload), name="write")
+    await asyncio.sleep(0.3)  # the tunnel's buffers fill up: the relay waits to write
+    writing.cancel()
+    close_with_reset(h.app)
+    got, sizes, ending = await asyncio.wait_for(read_direction(h.peer), _WAIT)
+    assert ending == RESET and got == payload[: len(got)] and len(sizes) > 0
+    await send_frame(h.peer, RESET_FRAME, timeout=_WAIT)
+    await h.result()
+    _assert_stream_reset_tunnel_kept(h.relay)
 
 
 VIOLATIONS = [
@@ -574,6 +689,8 @@ VIOLATIONS = [
     pytest.param([header(DATA, 0)], "frame type 4", id="empty-data"),
     pytest.param([header(FIN, 2) + b"zz"], "frame type 5", id="fin-with-payload"),
     pytest.param([FIN_FRAME + data_frame(b"z")], "bytes after FIN", id="bytes-after-fin"),
+    pytest.param([header(RESET, 1) + b"z"], "frame type 6", id="reset-with-payload"),
+    pytest.param([RESET_FRAME + data_frame(b"z")], "bytes after RESET", id="bytes-after-reset"),
     pytest.param([header(9, 0)[:2], header(9, 0)[2:]], "frame type 9", id="split-bad-header"),
     pytest.param([data_frame(b"ok") + header(0x7F, 0)], "frame type 127", id="after-data"),
 ]

@@ -35,6 +35,7 @@ from atoll_gateway.tunnelproto import (
     MAX_CONTROL,
     OPEN,
     REFUSE,
+    RESET_FRAME,
     Frame,
     FrameReader,
     TunnelProtocolError,
@@ -147,10 +148,11 @@ def test_a_reader_is_reusable_after_take_rest() -> None:
 
 BAD = [
     pytest.param(header(0, 0), id="type-0"),
-    pytest.param(header(6, 0), id="type-6"),
+    pytest.param(header(7, 0), id="type-7"),
     pytest.param(header(255, 3) + b"abc", id="type-255"),
     pytest.param(header(DATA, 5) + b"hello", id="data-where-control-is-due"),
     pytest.param(FIN_FRAME, id="fin-where-control-is-due"),
+    pytest.param(RESET_FRAME, id="reset-where-control-is-due"),
     pytest.param(header(OPEN, MAX_CONTROL + 1), id="oversized-open"),
     pytest.param(header(REFUSE, (1 << 24) - 1), id="oversized-refuse"),
     pytest.param(header(OPEN, 0), id="open-empty"),
