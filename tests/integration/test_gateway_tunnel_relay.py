@@ -360,9 +360,10 @@ async def _half(
     prefix: bytes = b"",
     read: bytes = b"",
     watch: RelayWatch | None = None,
+    bufsize: int | None = None,
 ) -> Half:
-    link = await _link()
-    app, stream = socket_pair(HOST)
+    link = await _link(bufsize)
+    app, stream = socket_pair(HOST, bufsize)
     # the relay at the egress end (the tunnel's TLS client), or at the serving end
     mine, peer = (link.egress, link.serving) if stream_is_client else (link.serving, link.egress)
     relay = TunnelRelay(
@@ -661,23 +662,30 @@ async def test_a_reset_frame_resets_the_application_and_is_answered(
         h.peer.recv(1)
 
 
-async def test_a_reset_workload_sends_reset_after_the_frame_in_flight(
-    halves: list[Half],
-) -> None:
-    """A frame is in flight (the peer does not read, TLS holds part of it) when the
-    workload resets: the frame is completed first — TLS must repeat it whole — and
-    RESET follows, so the peer reads valid frames up to the ending."""
-    h = await _half(halves)
-    payload = b"y" * (4 * 1024 * 1024)
+async def test_an_answering_reset_waits_for_the_frame_in_flight(halves: list[Half]) -> None:
+    """The peer's RESET arrives while the relay's frame is stuck in flight (the peer does
+    not read: TLS holds part of the frame). The answer waits until that frame is
+    complete — TLS must repeat an unfinished write whole — so the peer reads valid
+    frames up to the RESET, and the tunnel is kept; meanwhile the workload is not
+    half-closed, it is reset at the end."""
+    h = await _half(halves, bufsize=SMALL)
+    payload = b"y" * (4 * 1024 * 1024)  # far more than the small buffers on the way
     writing = spawn(poll_send(h.app, payload), name="write")
     await asyncio.sleep(0.3)  # the tunnel's buffers fill up: the relay waits to write
-    writing.cancel()
-    close_with_reset(h.app)
+    assert not writing.done()
+    await send_frame(h.peer, RESET_FRAME, timeout=_WAIT)
+    await asyncio.sleep(0.1)  # the relay has read it, and cannot answer yet
+    assert not h.task.done()
+    # nor has the workload seen an EOF: a FIN ahead of the reset would let it take a
+    # truncated stream for a complete one
+    with pytest.raises(BlockingIOError):
+        h.app.recv(1)
     got, sizes, ending = await asyncio.wait_for(read_direction(h.peer), _WAIT)
     assert ending == RESET and got == payload[: len(got)] and len(sizes) > 0
-    await send_frame(h.peer, RESET_FRAME, timeout=_WAIT)
     await h.result()
     _assert_stream_reset_tunnel_kept(h.relay)
+    with contextlib.suppress(OSError):  # the workload was reset mid-write
+        await asyncio.wait_for(writing, _WAIT)
 
 
 VIOLATIONS = [
