@@ -41,10 +41,17 @@ Decisions worth knowing:
   before any client byte is sent; a client or endpoint that resets mid-stream
   costs a RESET frame, not the tunnel. Like Istio's HBONE in purpose; unlike it,
   streams are sequential, not multiplexed (TCP's flow control is the stream's).
+* **Compiled relays** — ``atoll gateway compile`` builds the two pump modules
+  with mypyc; they are used only while they match the sources
+  (:mod:`.native`), before anything imports them (hence first below).
 """
 
-from atoll_gateway.config import GatewayConfig, RouteConfig, load_config
-from atoll_gateway.node import GatewayNode
-from atoll_gateway.policy import AllowPolicy
+from atoll_gateway import native
+
+native.use_compiled(__path__)
+
+from atoll_gateway.config import GatewayConfig, RouteConfig, load_config  # noqa: E402
+from atoll_gateway.node import GatewayNode  # noqa: E402
+from atoll_gateway.policy import AllowPolicy  # noqa: E402
 
 __all__ = ["AllowPolicy", "GatewayConfig", "GatewayNode", "RouteConfig", "load_config"]

@@ -49,7 +49,7 @@ from atoll.trusthub.client import WorkloadIdentity
 from atoll.trusthub.naming import parse_federation_domain
 from atoll_agent.catalog import CatalogSource, build_exports
 from atoll_agent.registry import CatalogSnapshot
-from atoll_gateway import metrics
+from atoll_gateway import metrics, native
 from atoll_gateway.balancer import Balancer, Endpoint
 from atoll_gateway.clienthello import tls_alert
 from atoll_gateway.config import GatewayConfig, load_config
@@ -108,6 +108,10 @@ class GatewayStatus(Frozen):
     tunnels_pooled: int = Field(0, ge=0)
     #: served pooled tunnels waiting for their next stream (one fd each; a peer's pool)
     tunnels_waiting: int = Field(0, ge=0)
+    #: the relays this process runs: "native" (compiled, :mod:`atoll_gateway.native`) or
+    #: "python", and why
+    relays: str = "python"
+    relays_detail: str = ""
 
 
 class GatewayNode:
@@ -275,6 +279,8 @@ class GatewayNode:
         )
         self.inbound.start()
         self._sync_egress_listeners()
+        state = native.STATE
+        log.info("relays", extra={"relays": state.relays, "detail": state.detail})
 
     def _sync_egress_listeners(self) -> None:
         want = {r.listen for r in self.runtime.table.egress}
@@ -363,6 +369,8 @@ class GatewayNode:
             pooled_pipes=pooled_pipes(),
             tunnels_pooled=len(self.runtime.tunnels),
             tunnels_waiting=len(self.runtime.tunnel_waiters),
+            relays=native.STATE.relays,
+            relays_detail=native.STATE.detail,
         )
 
     def admin_app(self) -> FastAPI:

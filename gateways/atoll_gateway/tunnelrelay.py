@@ -89,12 +89,12 @@ class _FramePump(_CopyPump):
     (16 KiB of plaintext, header included); a plain stream that fills it moves
     to frames of four records (:meth:`_CopyPump._grow`)."""
 
-    __slots__ = ("ending", "queued")
-
-    owner: TunnelRelay
+    __slots__ = ("ending", "queued", "relay")
 
     def __init__(self, owner: TunnelRelay, src: _End, dst: _End) -> None:
         super().__init__(owner, src, dst, b"")
+        #: ``owner`` as what it is (its stream-reset calls)
+        self.relay = owner
         self.room = HEADER
         self.body = self.view[HEADER:]
         self.stamp = _stamp
@@ -132,7 +132,7 @@ class _FramePump(_CopyPump):
         self.end_with(FIN_FRAME)
 
     def _src_failed(self, exc: OSError) -> None:
-        self.owner.stream_failed(exc)
+        self.relay.stream_failed(exc)
 
 
 def _stamp(buf: bytearray, n: int) -> None:
@@ -144,14 +144,13 @@ class _DeframePump(_CopyPump):
     """tunnel → stream: DATA payloads to the stream, the FIN frame as its half-close, a
     RESET frame as the stream's reset; once the stream failed, payloads are dropped."""
 
-    __slots__ = ("discarded", "end", "head", "pos", "remaining")
-
-    owner: TunnelRelay
+    __slots__ = ("discarded", "end", "head", "pos", "relay", "remaining")
 
     def __init__(
         self, owner: TunnelRelay, src: _End, dst: _End, prefix: bytes, read: bytes
     ) -> None:
         super().__init__(owner, src, dst, prefix)
+        self.relay = owner
         #: the unparsed part of the buffer is ``buf[pos:end]`` (``read``: frames that
         #: arrived with the control frame before the relay started)
         self.buf[: len(read)] = read
@@ -184,7 +183,7 @@ class _DeframePump(_CopyPump):
         if self.discarded >= 0:  # past the discard limit: the tunnel goes too
             self.owner.fail(exc)
         else:
-            self.owner.stream_failed(exc)
+            self.relay.stream_failed(exc)
 
     def step(self) -> None:
         if self.wait == _DONE or self.owner.closed:
@@ -275,7 +274,7 @@ class _DeframePump(_CopyPump):
             elif kind in _ENDINGS and not length and pos == end:
                 self.pos = self.end = 0
                 if kind == RESET:
-                    self.owner.stream_failed(
+                    self.relay.stream_failed(
                         ConnectionResetError(errno.ECONNRESET, "the peer reset the stream")
                     )
                 self._eof(half_close=self.discarded < 0)  # a failed stream gets no FIN

@@ -141,3 +141,25 @@ def demo_server(
     run_component(
         f"demo/{cluster}", lambda: server.run(addresses), log_level=log_level, log_format=log_format
     )
+
+
+@gateway_app.command("compile")
+def gateway_compile(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="build directory (default: .atoll-native beside the gateway package)"),
+    ] = None,
+) -> None:
+    """Compile the gateway's relays with mypyc (~20% more keep-alive requests per CPU
+    through termination). Gateways use them while they match the sources; needs mypy,
+    setuptools and a C compiler (Debian: apt-get install gcc)."""
+    from atoll_gateway import native
+
+    typer.echo(f"compiling {', '.join(native.MODULES)} with mypyc (about 15 s)...", err=True)
+    try:
+        where = native.build(out)
+    except native.BuildError as exc:
+        fail(f"the compile failed; is a C compiler installed (apt-get install gcc)?\n{exc}")
+    except ModuleNotFoundError as exc:
+        fail(f"{exc.name} is missing: pip install mypy setuptools")
+    typer.echo(f"compiled relays in {where}; gateways started from now on use them")
