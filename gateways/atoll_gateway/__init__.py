@@ -41,7 +41,7 @@ Decisions worth knowing:
   before any client byte is sent; a client or endpoint that resets mid-stream
   costs a RESET frame, not the tunnel. Like Istio's HBONE in purpose; unlike it,
   streams are sequential, not multiplexed (TCP's flow control is the stream's).
-* **Compiled relays** — ``atoll gateway compile`` builds the two pump modules
+* **Compiled relays** — ``atoll gateway compile`` builds the poller and pump modules
   with mypyc; they are used only while they match the sources
   (:mod:`.native`), before anything imports them (hence first below).
 """

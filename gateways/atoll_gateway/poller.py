@@ -156,7 +156,8 @@ class _Once:
         if not self.fut.done():
             self.fut.set_result(None)
 
-    writable = readable
+    def writable(self) -> None:
+        self.readable()
 
     def crashed(self, exc: Exception) -> None:
         if not self.fut.done():

@@ -439,9 +439,11 @@ def main() -> int:
         hpids, apids = [haproxy.pid, haproxy_west.pid], [east.pid, west.pid]
         fds_start = fd_count(east.pid, f"{HOST}:{PORTS['east_admin']}")
         secs, conns = args.duration, args.connections
+        _, body = http_get(f"http://{HOST}:{PORTS['east_admin']}/v1/status")
+        relays = json.loads(body or b"{}").get("relays", "?")
         print(
-            f"gateway benchmark: loop={args.loop} relay={args.relay} {secs:.0f}s per run, "
-            f"median of {args.rounds} interleaved runs per side, "
+            f"gateway benchmark: loop={args.loop} relay={args.relay} relays={relays} "
+            f"{secs:.0f}s per run, median of {args.rounds} interleaved runs per side, "
             f"{conns} connections; ratios are Atoll / HAProxy 2.6 (nbthread 1, one per cluster)"
         )
         rows: list[tuple[str, Result, Result, str]] = []

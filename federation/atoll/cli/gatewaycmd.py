@@ -150,7 +150,7 @@ def gateway_compile(
         typer.Option(help="build directory (default: .atoll-native beside the gateway package)"),
     ] = None,
 ) -> None:
-    """Compile the gateway's relays with mypyc (~20% more keep-alive requests per CPU
+    """Compile the gateway's relays with mypyc (~18% more keep-alive requests per CPU
     through termination). Gateways use them while they match the sources; needs mypy,
     setuptools and a C compiler (Debian: apt-get install gcc)."""
     from atoll_gateway import native
