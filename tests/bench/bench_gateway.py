@@ -53,20 +53,26 @@ aborts an in-flight request (as wrk does when it stops) costs a RESET frame,
 not the tunnel. HAProxy opens its server connections per client connection in
 any case.
 
+**Relays**: the header says which the gateways run — ``native`` after
+``atoll gateway compile`` (mypyc-compiled poller and pumps,
+:mod:`atoll_gateway.native`), ``python`` otherwise; ``ATOLL_NATIVE=0`` forces
+Python for an A/B.
+
 Figures on a shared 2-core machine (uvloop, the default relays and pooled
-tunnels; 5 s per run, 1 s warm-up, median of 3 interleaved rounds; ratios
-Atoll / HAProxy, requests/s then work per proxy CPU-second, then p99):
-passthrough keep-alive 1.08x / 0.82x, p99 1.3 vs 1.6 ms; passthrough new
-connections 1.05x / 0.44x; passthrough bulk 0.92x / 2.32x (0.92-0.97x in
+tunnels, compiled; 5 s per run, 1 s warm-up, median of 3 interleaved rounds;
+ratios Atoll / HAProxy, requests/s then work per proxy CPU-second, then p99):
+passthrough keep-alive 1.02x / 0.90x, p99 1.2 vs 1.6 ms; passthrough new
+connections 1.06x / 0.52x; passthrough bulk 0.93x / 2.91x (0.92-0.97x in
 other runs: the MB/s are bound by nginx and wrk on the other core);
-termination keep-alive 0.74x / 0.73x (0.66-0.77x across runs), p99 2.3 vs
-2.5 ms; termination new connections 2.97x / 2.95x (29,009 streams on the
-served side, 28,947 of them on a reused tunnel; before pooling, with resumed
-handshakes per connection, 0.68x); termination bulk 0.86x / 0.86x
-(0.81-0.91x across runs); churn of ~7,000 connections: no fd leak. Separate
-runs the same day moved each ratio by up to ~0.1. ``--relay copy`` for
-passthrough: keep-alive 0.76x, bulk 0.83x per CPU-s (splice wins on bulk).
-``--loop asyncio`` is within the noise of uvloop.
+termination keep-alive 0.84x / 0.84x (0.82-0.84x in three other runs that
+day; the Python relays 0.70x in the same hour), p99 1.6 vs 3.0 ms;
+termination new connections 3.38x / 3.38x (35,369 streams on the served
+side over the whole run, 35,306 of them on a reused tunnel; before pooling,
+with resumed handshakes per connection, 0.68x); termination bulk 0.93x /
+0.93x (0.86x with the Python relays); churn of ~7,300 connections: no fd
+leak. Separate runs the same day moved each ratio by up to ~0.1. ``--relay
+copy`` for passthrough: keep-alive 0.76x, bulk 0.83x per CPU-s (splice wins
+on bulk). ``--loop asyncio`` is within the noise of uvloop.
 Memory: peak RSS of the two proxy processes, HAProxy 39-40 MiB, Atoll
 177-213 MiB (4.6-5.3x: mostly the interpreter and its imports — gRPC, FastAPI, pydantic —
 not connections; a copy relay holds 2 x 16 KiB (64 KiB for a bulk direction), a splice
