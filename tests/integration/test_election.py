@@ -2,9 +2,12 @@
 
 Each candidate is this file run as a script (``python test_election.py
 child ...``): it runs a LeaderElection on an EtcdStore and, while leader,
-writes ``<prefix>writes/<id>`` every 100 ms inside ``leadership()``. It
-reports what happens as JSON lines on stdout (leader / lost / following /
-wrote), which the test reads.
+writes ``<prefix>writes/<id>`` every 100 ms inside ``leadership()``, each
+write carrying the leader's lease — the fencing the election documents: a
+process stopped between its ``is_leader`` check and its write sends the
+write on waking, and only the lease makes the store reject it. It reports
+what happens as JSON lines on stdout (leader / lost / following / wrote /
+fenced), which the test reads.
 
 * SIGKILL the leader's process: the other becomes leader, and not before the
   dead leader's lease could have run out (its last renewal + TTL).
@@ -42,7 +45,7 @@ def emit(event: str, **fields: Any) -> None:
 
 
 async def child(endpoint: str, prefix: str, candidate: str) -> None:
-    from atoll.errors import StoreUnavailableError
+    from atoll.errors import LeaseNotFoundError, StoreUnavailableError
     from atoll.store.election import LeaderElection, LeadershipLostError
     from atoll.store.etcd import EtcdStore
 
@@ -62,10 +65,16 @@ async def child(endpoint: str, prefix: str, candidate: str) -> None:
             try:
                 async with election.leadership():
                     while True:
-                        if election.is_leader:  # checked right before every write
+                        lease = election.lease  # None unless leading, checked right before
+                        if lease is not None:
                             n += 1
-                            entry = await store.put(f"{prefix}writes/{candidate}", b"%d" % n)
-                            emit("wrote", revision=entry.mod_revision)
+                            key = f"{prefix}writes/{candidate}"
+                            try:
+                                entry = await store.put(key, b"%d" % n, lease=lease)
+                            except LeaseNotFoundError:  # the lease ran out meanwhile
+                                emit("fenced")
+                            else:
+                                emit("wrote", revision=entry.mod_revision)
                         await asyncio.sleep(0.1)
             except LeadershipLostError as exc:
                 emit("writer-stopped", reason=exc.reason)
@@ -222,9 +231,13 @@ async def test_a_paused_leader_steps_down_and_writes_nothing_after_the_takeover(
     ):
         async for batch in batches:
             for e in batch.events:
-                if e.revision < marker.mod_revision:
-                    assert e.type is EventType.PUT
-                    writes[e.key.rsplit("/", 1)[1]].append(e.revision)
+                if e.revision >= marker.mod_revision:
+                    continue
+                who = e.key.rsplit("/", 1)[1]
+                if e.type is EventType.PUT:
+                    writes[who].append(e.revision)
+                else:  # a's lease ran out: its keys went with it, before b took over
+                    assert who == "a" and e.revision < took_over
             if batch.revision >= marker.mod_revision:
                 break
     assert writes["a"] and writes["b"]
