@@ -62,8 +62,10 @@ Figures on a shared 2-core machine (uvloop, the default relays and pooled
 tunnels, compiled; 5 s per run, 1 s warm-up, median of 3 interleaved rounds;
 ratios Atoll / HAProxy, requests/s then work per proxy CPU-second, then p99):
 passthrough keep-alive 1.02x / 0.90x, p99 1.2 vs 1.6 ms; passthrough new
-connections 1.06x / 0.52x; passthrough bulk 0.93x / 2.91x (0.92-0.97x in
-other runs: the MB/s are bound by nginx and wrk on the other core);
+connections 1.06x / 0.52x; passthrough bulk 0.93x / 2.91x (0.88-0.98x in
+other runs, the copy relay 0.98x: CPU 1 is saturated by nginx and wrk in both
+sides' runs, and wrk spends more CPU per MB receiving from Atoll's splice
+relay than from HAProxy's recv/send one — not explained yet);
 termination keep-alive 0.84x / 0.84x (0.82-0.84x in three other runs that
 day; the Python relays 0.70x in the same hour), p99 1.6 vs 3.0 ms;
 termination new connections 3.38x / 3.38x (35,369 streams on the served
