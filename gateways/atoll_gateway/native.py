@@ -128,13 +128,22 @@ def _decide(package_path: MutableSequence[str]) -> NativeState:
         return NativeState("python", f"no compiled relays in {root}: {rebuild}")
     except (OSError, ValueError) as exc:
         return NativeState("python", f"compiled relays unreadable ({exc}): {rebuild}")
-    why = freshness(manifest, source_hashes(), _abi())
+    why = freshness(manifest, source_hashes(), _abi()) or _missing(root / "atoll_gateway")
     if why is not None:
         return NativeState("python", f"compiled relays not used: {why}; {rebuild}")
     compiled = str(root / "atoll_gateway")
     if compiled not in package_path:
         package_path.insert(0, compiled)
     return NativeState("native", f"compiled relays from {root}")
+
+
+def _missing(package: Path) -> str | None:
+    """A module of the build that is not there (the manifest alone proves nothing)."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    for name in (*MODULES, _GROUP.rsplit(".", 1)[1] + "__mypyc"):
+        if not (package / f"{name}{suffix}").is_file():
+            return f"{name}{suffix} is missing from the build"
+    return None
 
 
 _SETUP = """

@@ -4,6 +4,7 @@ byte; otherwise the Python modules run and the state says why (atoll_gateway.nat
 from __future__ import annotations
 
 import json
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,14 @@ def build_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _manifest(d: Path, sources: dict[str, str]) -> None:
+def _manifest(d: Path, sources: dict[str, str], *, modules: bool = True) -> None:
+    """A build's manifest, and (empty) module files where the build puts them."""
     (d / "manifest.json").write_text(json.dumps({"abi": native._abi(), "sources": sources}))
+    if modules:
+        (d / "atoll_gateway").mkdir(exist_ok=True)
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        for name in (*native.MODULES, "relays__mypyc"):
+            (d / "atoll_gateway" / f"{name}{suffix}").write_bytes(b"")
 
 
 def test_a_fresh_build_goes_first_in_the_package_path_once(build_dir: Path) -> None:
@@ -78,6 +85,16 @@ def test_a_stale_build_is_not_used(build_dir: Path) -> None:
     path: list[str] = []
     state = native.use_compiled(path)
     assert state.relays == "python" and "tunnelrelay.py changed" in state.detail
+    assert path == []
+
+
+def test_a_build_missing_a_module_is_not_used(build_dir: Path) -> None:
+    _manifest(build_dir, native.source_hashes())
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    (build_dir / "atoll_gateway" / f"tunnelrelay{suffix}").unlink()
+    path: list[str] = []
+    state = native.use_compiled(path)
+    assert state.relays == "python" and f"tunnelrelay{suffix} is missing" in state.detail
     assert path == []
 
 
