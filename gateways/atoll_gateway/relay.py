@@ -79,9 +79,17 @@ BUFFER_SIZE = 16 * 1024
 BULK_SIZE = 4 * BUFFER_SIZE
 #: reads per wake-up before a busy direction yields to other connections
 _BATCH = 16
+#: ``TCP_NOTSENT_LOWAT`` of a splice relay's sockets: a socket takes more only while
+#: less than this is queued unsent. Without it a bulk direction spliced up to the whole
+#: send buffer (MiBs) at once, and the kernel then sent it piecemeal as ACKs came back —
+#: in the *receiver's* softirq, on its CPU: on a shared box the client or backend paid
+#: for the gateway's transmits (passthrough bulk 0.92x HAProxy's MB/s; 1.06x with
+#: 64 KiB). The copy relays send at most 64 KiB per call already.
+NOTSENT_LOWAT = 64 * 1024
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _PIPE_SIZE = 1 << 20
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTUNREACH)
 
 
@@ -549,6 +557,9 @@ class SpliceRelay(_Relay):
     """Zero-copy relay between two connected non-blocking TCP sockets (module doc)."""
 
     def _make_pumps(self, client: _End, upstream: _End) -> tuple[_Pump, _Pump]:
+        for end in (client, upstream):
+            with contextlib.suppress(OSError):  # not TCP
+                end.sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
         up = _SplicePump(self, client, upstream)
         try:
             return up, _SplicePump(self, upstream, client)

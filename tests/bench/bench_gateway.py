@@ -61,20 +61,22 @@ Python for an A/B.
 Figures on a shared 2-core machine (uvloop, the default relays and pooled
 tunnels, compiled; 5 s per run, 1 s warm-up, median of 3 interleaved rounds;
 ratios Atoll / HAProxy, requests/s then work per proxy CPU-second, then p99):
-passthrough keep-alive 1.02x / 0.90x, p99 1.2 vs 1.6 ms; passthrough new
-connections 1.06x / 0.52x; passthrough bulk 0.93x / 2.91x (0.88-0.98x in
-other runs, the copy relay 0.98x: CPU 1 is saturated by nginx and wrk in both
-sides' runs, and wrk spends more CPU per MB receiving from Atoll's splice
-relay than from HAProxy's recv/send one — not explained yet);
-termination keep-alive 0.84x / 0.84x (0.82-0.84x in three other runs that
-day; the Python relays 0.70x in the same hour), p99 1.6 vs 3.0 ms;
-termination new connections 3.38x / 3.38x (35,369 streams on the served
-side over the whole run, 35,306 of them on a reused tunnel; before pooling,
-with resumed handshakes per connection, 0.68x); termination bulk 0.93x /
-0.93x (0.86x with the Python relays); churn of ~7,300 connections: no fd
-leak. Separate runs the same day moved each ratio by up to ~0.1. ``--relay
-copy`` for passthrough: keep-alive 0.76x, bulk 0.83x per CPU-s (splice wins
-on bulk). ``--loop asyncio`` is within the noise of uvloop.
+passthrough keep-alive 1.02x / 0.86x (1.04x in a second run), p99 1.2 vs
+1.4 ms; passthrough new connections 1.00x / 0.45x (1.05x); passthrough bulk
+1.02x / 1.01x (1.01x; 1.06-1.09x in runs of bulk alone; 0.88-0.98x before
+the splice relay's sockets got ``TCP_NOTSENT_LOWAT`` — see
+:data:`atoll_gateway.relay.NOTSENT_LOWAT`: until then the kernel sent most of
+a bulk direction from ACK softirqs on the *client's* core, which nginx and
+wrk saturate here); termination keep-alive 0.84x / 0.84x (0.82-0.84x in
+other runs that day; the Python relays 0.70x in the same hour), p99 2.1 vs
+3.2 ms; termination new connections 3.12x / 3.13x (31,193 streams on the
+served side over the whole run, 31,130 of them on a reused tunnel; before
+pooling, with resumed handshakes per connection, 0.68x); termination bulk
+0.89x / 0.88x (0.93x in another run; 0.86x with the Python relays); churn of
+~7,000 connections: no fd leak. Separate runs the same day moved each ratio
+by up to ~0.1. ``--relay copy`` for passthrough: keep-alive 0.76x, bulk
+0.83x per CPU-s (splice wins on bulk). ``--loop asyncio`` is within the
+noise of uvloop.
 Memory: peak RSS of the two proxy processes, HAProxy 39-40 MiB, Atoll
 177-213 MiB (4.6-5.3x: mostly the interpreter and its imports — gRPC, FastAPI, pydantic —
 not connections; a copy relay holds 2 x 16 KiB (64 KiB for a bulk direction), a splice

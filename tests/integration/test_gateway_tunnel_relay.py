@@ -668,6 +668,16 @@ def _frame_in_flight(relay: TunnelRelay) -> bool:
     return pumps is not None and isinstance(pumps[0], _CopyPump) and pumps[0].pending is not None
 
 
+async def _stuck_in_flight(relay: TunnelRelay) -> bool:
+    """A frame in flight that stays there: the peer's buffers are full, not just the
+    send queue's low-water mark reached for a moment (it drains as ACKs come back)."""
+    before = relay.totals()
+    if not _frame_in_flight(relay):
+        return False
+    await asyncio.sleep(0.2)
+    return _frame_in_flight(relay) and relay.totals() == before
+
+
 async def test_an_answering_reset_waits_for_the_frame_in_flight(halves: list[Half]) -> None:
     """The peer's RESET arrives while the relay's frame is stuck in flight (the peer does
     not read: TLS holds part of the frame). The answer waits until that frame is
@@ -679,7 +689,7 @@ async def test_an_answering_reset_waits_for_the_frame_in_flight(halves: list[Hal
     writing = spawn(poll_send(h.app, payload), name="write")
     # the tunnel's buffers fill up and the relay holds a frame it could not finish
     # (white-box: from outside, an idle moment between frames looks the same)
-    await eventually("a frame stuck in flight", lambda: _frame_in_flight(h.relay), _WAIT)
+    await eventually("a frame stuck in flight", lambda: _stuck_in_flight(h.relay), _WAIT)
     await send_frame(h.peer, RESET_FRAME, timeout=_WAIT)
     await asyncio.sleep(0.1)  # the relay has read it, and cannot answer yet
     assert not h.task.done()
