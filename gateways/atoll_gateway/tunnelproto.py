@@ -38,10 +38,9 @@ into the next stream. Bytes still in flight towards a failed side are read
 and dropped until the peer's ending, up to :data:`DISCARD_LIMIT` bytes, past
 which the tunnel is reset instead. Clients that abort in-flight requests
 (timeouts, cancelled requests, a load generator stopping) therefore cost no
-new handshake. Anything else —
-an unknown type, a control frame with a bad payload, bytes after an ending,
-the tunnel closing inside a stream — is a protocol error or a failure of the
-tunnel itself, and the tunnel is reset.
+new handshake. Anything else — an unknown type, a control frame with a bad
+payload, bytes after an ending, the tunnel closing inside a stream — is a
+protocol error or a failure of the tunnel itself, and the tunnel is reset.
 
 Parsing here is pure (:class:`FrameReader`, fuzzed by the tests); the I/O is
 :mod:`atoll_gateway.tunnelio` and :mod:`atoll_gateway.tunnelrelay`.

@@ -60,6 +60,7 @@ from atoll_gateway.tunnelproto import (
     MAX_LENGTH,
     RESET,
     RESET_FRAME,
+    Frame,
 )
 
 __all__ = ["TunnelRelay"]
@@ -281,9 +282,8 @@ class _DeframePump(_CopyPump):
                 return False
             else:
                 self.pos = self.end = 0
-                name = "FIN" if kind == FIN else "RESET"
                 what = (
-                    f"bytes after {name}"
+                    f"bytes after {Frame(kind).name}"
                     if kind in _ENDINGS and not length
                     else f"frame type {kind}"
                 )

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from atoll.aio import cancel_and_wait, spawn
 from atoll_gateway.balancer import Endpoint
 from atoll_gateway.relay import (
+    _TCP_NOTSENT_LOWAT,
     BUFFER_SIZE,
     BULK_SIZE,
     NOTSENT_LOWAT,
@@ -43,7 +44,6 @@ from tests.gatewaykit import (
 from tests.polling import eventually
 
 HOST = "127.0.93.1"
-TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number
 
 
 async def _tls_pair() -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
@@ -198,7 +198,7 @@ async def test_a_splice_relay_queues_little_unsent_data() -> None:
         await send_all(upstream_app, data)
         upstream_app.shutdown(socket.SHUT_WR)
         for sock in (client_side, upstream_side):
-            assert sock.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT) == NOTSENT_LOWAT
+            assert sock.getsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT) == NOTSENT_LOWAT
         assert await asyncio.wait_for(reading, 10) == data
         client_app.shutdown(socket.SHUT_WR)
         assert await asyncio.wait_for(run, 10) == (0, len(data))
